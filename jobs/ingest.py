@@ -69,7 +69,6 @@ def main(argv: list[str]) -> dict:
     cfg = load_config(IngestConfig, "ingest", argv)
     summary = run(cfg)
     print(json.dumps(summary, indent=2))
-    assert summary["rows_in"] == summary["rows_out"] + summary["rows_quarantined"]
     return summary
 
 

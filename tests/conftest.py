@@ -79,7 +79,7 @@ def s3_bucket(moto_s3) -> str:
     import pyarrow.fs as pafs
 
     name = f"srft-{uuid.uuid4().hex[:10]}"
-    fs = pafs.S3FileSystem(endpoint_override=moto_s3.split("://")[1], scheme="http", region="us-east-1")
+    fs = pafs.S3FileSystem(endpoint_override=moto_s3.split("://")[1], scheme="http", region="us-east-1", allow_bucket_creation=True)
     fs.create_dir(name)
     return f"s3://{name}"
 
