@@ -1,0 +1,1 @@
+"""The report stage: label, masking and training statistics as Markdown/HTML with PNG plots."""

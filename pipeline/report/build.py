@@ -1,0 +1,111 @@
+"""Gather the inputs, compute the numbers, draw the plots: everything but writing the files."""
+
+from __future__ import annotations
+
+import time
+
+from pipeline import io
+from pipeline.config import redacted
+from pipeline.report import load, plots, render, stats
+from pipeline.report.config import ReportConfig
+from pipeline.schema import LABEL_ERROR, STEP_LABEL, TRAINING_ROW
+
+
+def _optional(uri: str | None, what: str) -> tuple[bool, str]:
+    if not uri:
+        return False, f"no `{what}` URI was given"
+    if not io.exists(uri):
+        return False, f"`{what}` = `{uri}` does not exist (has that stage run?)"
+    return True, ""
+
+
+def make_report(cfg: ReportConfig, run_id: str) -> tuple[dict, dict[str, bytes]]:
+    """Return (the report's numbers, {relative file name: bytes}) for `cfg`."""
+    for name in ("trajectories", "labels"):  # required: fail at once, naming the input
+        uri = getattr(cfg, name)
+        if not io.exists(uri):
+            raise FileNotFoundError(f"input {name}={uri!r} does not exist")
+    unknown = set(cfg.mask.labels) - set(stats.LABELS)
+    if unknown:
+        raise ValueError(f"mask.labels {sorted(unknown)} are not labels (labels are {list(stats.LABELS)})")
+    errors_uri = cfg.label_errors or io.join(cfg.labels, "_errors")
+    inputs = {"trajectories": {"uri": cfg.trajectories, "status": "read"},
+              "labels": {"uri": cfg.labels, "status": "read"}}
+    notes: dict[str, str] = {}
+    skipped: list[str] = []
+
+    tokens = load.step_tokens(cfg.trajectories, cfg.tokens)
+    label_rows, duplicates = stats.dedupe_labels(
+        load.read_columns(cfg.labels, STEP_LABEL, load.LABEL_COLUMNS))
+    if io.exists(errors_uri):
+        errors = load.read_columns(errors_uri, LABEL_ERROR, load.ERROR_COLUMNS)
+        inputs["label_errors"] = {"uri": errors_uri, "status": f"read ({errors.num_rows} rows)"}
+    else:
+        errors = LABEL_ERROR.empty_table().select(load.ERROR_COLUMNS)
+        inputs["label_errors"] = {"uri": errors_uri, "status": "absent (no critic errors recorded)"}
+        notes["errors"] = f"No critic error table at `{errors_uri}`: no critic errors were recorded."
+
+    report: dict = {
+        "run_id": run_id,
+        "generated_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "config": redacted(cfg),
+        "inputs": inputs,
+        "notes": notes,
+        "skipped": skipped,
+        "duplicate_labels": duplicates,
+    }
+    report["label_distribution"] = stats.label_distribution(
+        label_rows, tokens.resolved, cfg.max_trajectories_plotted)
+    report["harmful"] = stats.harmful_share(
+        label_rows, tokens.resolved, list(cfg.harmful_labels), cfg.mask.threshold, cfg.paper_harmful_share)
+    report["confidence"] = stats.confidence_histogram(label_rows)
+    report["sweep"] = stats.threshold_sweep(
+        label_rows, tokens, sorted(cfg.mask.sweep), list(cfg.mask.labels), cfg.mask.threshold)
+    labelled = {r["traj_id"] for r in label_rows}
+    report["errors"] = stats.critic_errors(errors, labelled, set(tokens.step_sizes))
+    report["critic_usage"] = stats.critic_usage(label_rows)
+
+    ok, why = _optional(cfg.train_rows, "train_rows")
+    inputs["train_rows"] = {"uri": cfg.train_rows, "status": "read" if ok else "missing"}
+    report["recipes"] = None
+    if ok:
+        report["recipes"] = stats.recipe_tokens(
+            load.read_columns(cfg.train_rows, TRAINING_ROW, load.TRAIN_ROW_COLUMNS))
+    else:
+        notes["recipes"], _ = why, skipped.append("tokens per recipe")
+
+    ok, why = _optional(cfg.train_metrics, "train_metrics")
+    inputs["train_metrics"] = {"uri": cfg.train_metrics, "status": "read" if ok else "missing"}
+    report["loss"] = None
+    if ok:
+        metrics = load.read_metrics(cfg.train_metrics)
+        if metrics:
+            report["loss"] = stats.loss_curve(metrics)
+        else:
+            notes["loss"] = f"`train_metrics` = `{cfg.train_metrics}` holds no metric rows"
+    else:
+        notes["loss"] = why
+    if report["loss"] is None:
+        skipped.append("training loss")
+
+    files = {
+        "plots/label_distribution.png": plots.label_distribution(report["label_distribution"]),
+        "plots/harmful_share.png": plots.harmful_share(report["harmful"]),
+        "plots/confidence_histogram.png": plots.confidence_histogram(report["confidence"], cfg.mask.threshold),
+        "plots/threshold_sweep.png": plots.threshold_sweep(report["sweep"], report["recipes"]),
+    }
+    if report["recipes"]:
+        files["plots/recipe_tokens.png"] = plots.recipe_tokens(report["recipes"])
+    if report["loss"]:
+        files["plots/loss_curve.png"] = plots.loss_curve(report["loss"])
+    if report["errors"]["num_errors"]:
+        files["plots/critic_errors.png"] = plots.critic_errors(report["errors"])
+    md = render.markdown(report)
+    files["report.md"] = md.encode()
+    if cfg.html:
+        page = render.html(md, cfg.title)
+        if page is None:
+            notes["html"] = "report.html not written: markdown-it-py is not installed"
+        else:
+            files["report.html"] = page.encode()
+    return report, files

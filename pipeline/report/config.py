@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+
+def _default_sweep() -> list[float]:
+    return [round(i * 0.05, 2) for i in range(21)]
+
+
+@dataclass
+class MaskSweepConfig:
+    # The build stage's mask.threshold: a step whose label is in `labels` and whose critic
+    # confidence is >= threshold gets loss mask 0 (it stays in context). Marked on the sweep.
+    threshold: float = 0.5
+    labels: list[str] = field(default_factory=lambda: ["mistake"])
+    sweep: list[float] = field(default_factory=_default_sweep)  # thresholds of the sweep plot
+
+
+@dataclass
+class TokenCountConfig:
+    # How a step's trained tokens are counted for the threshold sweep:
+    #   auto      - the tokenizer if `tokenizer` is set and loads, else characters
+    #   tokenizer - the student tokenizer at `tokenizer` (fails if it does not load)
+    #   chars     - characters of the assistant message (content + tool_calls text)
+    method: str = "auto"
+    tokenizer: Optional[str] = None  # local path of the student's HF tokenizer / model folder
+    batch_size: int = 512
+
+
+@dataclass
+class ReportConfig:
+    trajectories: str = MISSING  # TRAJECTORY shards (ingest output)
+    labels: str = MISSING  # STEP_LABEL shards (label output)
+    label_errors: Optional[str] = None  # LABEL_ERROR shards; default <labels>/_errors
+    train_rows: Optional[str] = None  # TRAINING_ROW shards (build output); missing -> section skipped
+    train_metrics: Optional[str] = None  # JSONL / Parquet of per-step metrics (step, loss, ...); missing -> skipped
+    output: str = MISSING  # folder: report.md, report.html, report.json, plots/*.png, _summary.json
+    title: str = "SRFT pipeline report"
+    harmful_labels: list[str] = field(default_factory=lambda: ["mistake"])
+    paper_harmful_share: float = 0.24  # the SRFT paper: at most 24% of steps in failed runs are harmful
+    max_trajectories_plotted: int = 40  # per-trajectory bars/table rows (most steps first)
+    html: bool = True  # also write report.html (needs markdown-it-py; skipped with a note if absent)
+    mask: MaskSweepConfig = field(default_factory=MaskSweepConfig)
+    tokens: TokenCountConfig = field(default_factory=TokenCountConfig)
