@@ -11,8 +11,8 @@ import sys
 import pyarrow as pa
 import ray
 
+from jobs._cli import stage_main
 from pipeline import io
-from pipeline.config import load_config
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.dedup import duplicate_keys, mark_duplicates
 from pipeline.ingest.read import SUFFIXES, quarantined, read_file_batches, trajectories
@@ -65,11 +65,12 @@ def run(cfg: IngestConfig) -> dict:
     return summary
 
 
+def inputs(cfg: IngestConfig) -> dict[str, str | None]:
+    return {"input": cfg.input, "resolution": cfg.resolution}
+
+
 def main(argv: list[str]) -> dict:
-    cfg = load_config(IngestConfig, "ingest", argv)
-    summary = run(cfg)
-    print(json.dumps(summary, indent=2))
-    return summary
+    return stage_main("ingest", IngestConfig, run, inputs, argv)
 
 
 if __name__ == "__main__":

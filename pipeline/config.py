@@ -22,9 +22,17 @@ _SECRET_KEY = re.compile(r"(secret|password|token|api_key|credential)", re.IGNOR
 _URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
-def load_config(cls: type[T], stage: str, argv: list[str], conf_dir: Path = CONF_DIR) -> T:
-    """Build a `cls` instance for `stage` from the layered sources, last one wins."""
+def load_config(
+    cls: type[T], stage: str, argv: list[str], conf_dir: Path = CONF_DIR, nested: tuple[str, ...] = ()
+) -> T:
+    """Build a `cls` instance for `stage` from the layered sources, last one wins.
+
+    `nested` names fields of `cls` that are whole stage configs (the pipeline driver's): each
+    gets its own ``conf/<field>.yaml`` layered in first, so a stage has the same defaults
+    whether it runs alone or inside the pipeline.
+    """
     layers: list[Any] = [OmegaConf.structured(cls)]
+    layers += [OmegaConf.create({name: OmegaConf.load(conf_dir / f"{name}.yaml")}) for name in nested]
     stage_yaml = conf_dir / f"{stage}.yaml"
     if stage_yaml.exists():
         layers.append(OmegaConf.load(stage_yaml))
