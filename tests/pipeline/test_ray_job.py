@@ -1,0 +1,70 @@
+"""A stage submitted as a Ray job to a real local head on 127.0.0.1 (slow suite)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline import io
+from pipeline.schema import TRAJECTORY
+from tests.conftest import REPO, _free_port
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+@pytest.fixture
+def local_head():
+    """`ray start --head --block` in its own process group, stopped by signal: `ray stop` would
+    also stop every other Ray on this machine."""
+    tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
+    port, dashboard = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
+         f"--temp-dir={tmp}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except Exception:
+            if time.time() > deadline or head.poll() is not None:
+                os.killpg(head.pid, signal.SIGKILL)
+                raise RuntimeError("the local Ray head did not come up")
+            time.sleep(1)
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ingest_submitted_as_ray_job(local_head, tmp_path):
+    out = tmp_path / "trajectories"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    job = subprocess.run(
+        [RAY, "job", "submit", "--address", local_head, "--working-dir", ".",
+         "--runtime-env", "cluster/runtime_env.yaml", "--",
+         "python", "-m", "jobs.ingest", f"output={out}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "succeeded" in (job.stdout + job.stderr).lower()
+    assert io.read_table(str(out), TRAJECTORY).num_rows == 6
+    assert (out / "_manifest.json").exists()
