@@ -1,0 +1,331 @@
+"""The training loop: plain torch.distributed, driven by Ray Train (`ray_train_loop`) or torchrun
+(`python -m pipeline.train.loop data=... model=... output=...` under torchrun).
+
+Loss normalisation (verl and TRL both shipped bugs here). For one optimizer step, over data-
+parallel ranks r, gradient-accumulation micro-batches m and token positions t:
+
+    N    = sum_r sum_m #{t : labels[r,m,t] != -100}       (counted on the SHIFTED labels)
+    loss = (1 / N) * sum_r sum_m sum_{t : labels[r,m,t] != -100} CE(logits[r,m,t], labels[r,m,t])
+
+Each rank all-reduces its local count once per step, before any forward, and back-propagates
+`sum_t CE / N` for every micro-batch; FSDP *sums* the gradients over ranks (divide factor 1).
+The gradient is then exactly that of the global token mean, however the trained tokens are
+spread over ranks and micro-batches (a per-rank or per-micro-batch mean would weight tokens of
+short batches more).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import time
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from pipeline import io
+from pipeline.train import checkpoint as ckpt
+from pipeline.train.config import TrainConfig
+from pipeline.train.data import MicroBatch, Source, doc_attention_flops, total_steps
+from pipeline.train.model import CausalLMLoss, build, dtype_of, local_model_path, num_params
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    local_world: int
+    device: torch.device
+
+
+def dist_context(device: Optional[torch.device] = None) -> Dist:
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if device is None:
+        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    return Dist(rank, world, local_rank, local_world, device)
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warmup over `warmup` steps (step s trains at (s+1)/(warmup+1) of lr: never 0), then
+    cosine decay from lr to min_ratio * lr at the last step."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup - 1)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def make_optimizer(model: torch.nn.Module, t) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]  # norms and biases
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
+    )
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def forward_backward(model: CausalLMLoss, micro_batches: list[MicroBatch], device) -> tuple[float, float]:
+    """Accumulate the gradient of the global token-mean loss over this rank's micro-batches.
+    Returns (global loss, global trainable-token count N). Collective."""
+    local_targets = sum(mb.num_targets for mb in micro_batches)
+    (n_global,) = _all_reduce([local_targets], device)
+    denom = max(n_global, 1.0)  # an all-masked step contributes zero gradient
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    for mb in micro_batches:
+        part = model(mb.to(device))  # sum of CE over this micro-batch's trained targets
+        (part / denom).backward()  # FSDP sums these over ranks: grad of (1/N) * sum CE
+        loss_sum += part.detach()
+    (loss_total,) = _all_reduce([float(loss_sum)], device)
+    return loss_total / denom, n_global
+
+
+def train_step(model: CausalLMLoss, optimizer, scheduler, micro_batches: list[MicroBatch], device,
+               max_grad_norm: float, flops_per_token: float, attn: tuple[int, int]) -> dict:
+    """One optimizer step over this rank's micro-batches (see the module docstring for the loss).
+    Every rank must call it the same number of times."""
+    local_tokens = sum(mb.num_tokens for mb in micro_batches)
+    local_seq = sum(mb.input_ids.shape[1] for mb in micro_batches)
+    local_attn = sum(doc_attention_flops(mb.cu_seqlens, *attn) for mb in micro_batches)
+    tokens, seq, attn_flops = _all_reduce([local_tokens, local_seq, local_attn], device)
+    loss, n_global = forward_backward(model, micro_batches, device)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    if hasattr(grad_norm, "full_tensor"):
+        grad_norm = grad_norm.full_tensor()
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {
+        "loss": loss,
+        "grad_norm": float(grad_norm),
+        "lr": lr,
+        "trained_tokens": n_global,
+        "tokens": tokens,
+        # MFU numerator: 6 * N_matmul * tokens (forward 2N + backward 4N) + causal attention.
+        "flops": 6 * flops_per_token * seq + attn_flops,
+    }
+
+
+class Reporter:
+    """Where metrics and checkpoints go: Ray Train (`RayReporter`) or a local folder (torchrun)."""
+
+    def latest_checkpoint(self): ...  # context manager yielding a local dir, or None
+
+    def report(self, metrics: dict, model=None, optimizer=None, train_state=None, step: int = 0) -> None: ...
+
+
+class RayReporter(Reporter):
+    def latest_checkpoint(self):
+        import ray.train
+
+        c = ray.train.get_checkpoint()
+        return None if c is None else c.as_directory()
+
+    def report(self, metrics, model=None, optimizer=None, train_state=None, step=0):
+        import ray.train
+
+        if model is None:
+            ray.train.report(metrics)
+            return
+        directory = ckpt.save(ckpt.new_local_dir(), model, optimizer, train_state)
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(directory),
+            checkpoint_dir_name=f"checkpoint-step{step:07d}",
+            delete_local_checkpoint_after_upload=True,
+        )
+
+
+class LocalReporter(Reporter):
+    """torchrun: checkpoints under a local (shared) folder, metrics printed by rank 0."""
+
+    def __init__(self, root: str, rank: int):
+        self.root, self.rank = root, rank
+
+    def latest_checkpoint(self):
+        import contextlib
+
+        if not os.path.isdir(self.root):
+            return None
+        done = sorted(d for d in os.listdir(self.root) if os.path.exists(os.path.join(self.root, d, ".complete")))
+        return contextlib.nullcontext(os.path.join(self.root, done[-1])) if done else None
+
+    def report(self, metrics, model=None, optimizer=None, train_state=None, step=0):
+        if self.rank == 0:
+            print(json.dumps(metrics), flush=True)
+        if model is not None:
+            d = os.path.join(self.root, f"checkpoint-step{step:07d}")
+            ckpt.save(d, model, optimizer, train_state)
+            if dist.is_initialized():
+                dist.barrier()
+            if self.rank == 0:
+                open(os.path.join(d, ".complete"), "w").close()
+
+
+def run(cfg: TrainConfig, source: Source, total_rows: int, reporter: Reporter, ctx: Optional[Dist] = None,
+        run_id: str = "train") -> dict:
+    """Train on this rank. Every rank runs exactly `total` steps (from the global row count)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from transformers import AutoConfig
+
+    t = cfg.train
+    ctx = ctx or dist_context()
+    if ctx.device.type == "cpu":
+        torch.set_num_threads(t.cpu_threads or max(1, (os.cpu_count() or 1) // max(1, ctx.local_world)))
+    else:
+        torch.cuda.set_device(ctx.device)
+    torch.manual_seed(t.seed + ctx.rank)
+
+    model_dir = local_model_path(cfg.model)
+    config = AutoConfig.from_pretrained(model_dir)
+    mesh = init_device_mesh(ctx.device.type, (ctx.world,)) if dist.is_initialized() else None
+    model = build(
+        config, ctx.device, mesh, attn_implementation=t.attn_implementation, param_dtype=t.param_dtype,
+        reduce_dtype=t.reduce_dtype, activation_checkpointing=t.activation_checkpointing,
+        cpu_offload=t.cpu_offload, compile=t.compile, ce_chunk_tokens=t.ce_chunk_tokens,
+        weights=model_dir, seed=t.seed,
+    )
+    model.train()
+    optimizer = make_optimizer(model, t)
+    per_epoch, total = total_steps(total_rows, ctx.world, t.micro_batch_size, t.grad_accum, t.epochs, t.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t.warmup_steps, total, t.min_lr_ratio))
+    counts = num_params(config)
+
+    step, history, resumed = 0, [], False
+    latest = reporter.latest_checkpoint()
+    if latest is not None:
+        with latest as directory:
+            state = ckpt.load(directory, model, optimizer)
+        scheduler.load_state_dict(state["scheduler"])
+        step, history, resumed = state["step"], state["history"], True
+        if ctx.rank == 0:
+            log.warning("resumed from step %d (epoch %d)", step, step // per_epoch)
+
+    metrics_uri = io.join(cfg.output, "metrics.jsonl")
+    started = time.time()
+    last = {}
+    while step < total:
+        epoch, in_epoch = divmod(step, per_epoch)
+        batches = source(epoch, in_epoch * t.grad_accum)  # data position: skip what was trained
+        for _ in range(in_epoch, per_epoch):
+            mbs = [mb for _, mb in zip(range(t.grad_accum), batches)]  # range first: no row lost
+            (ready,) = _all_reduce([float(len(mbs) == t.grad_accum)], ctx.device)
+            if ready < ctx.world:  # cannot happen with an equal split; fail loudly rather than hang
+                raise RuntimeError(f"rank {ctx.rank}: data ran out at step {step} (epoch {epoch}); "
+                                   f"{int(ctx.world - ready)} ranks had no full step")
+            if t.debug_fail_at_step == step and not resumed and ctx.rank == ctx.world - 1:
+                log.error("debug_fail_at_step=%d: rank %d exits hard", step, ctx.rank)
+                os._exit(17)
+            t0 = time.perf_counter()
+            out = train_step(model, optimizer, scheduler, mbs, ctx.device, t.max_grad_norm,
+                             counts["matmul"], (int(counts["layers"]), int(counts["attn_dim"])))
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            step += 1
+            last = {
+                "step": step, "epoch": epoch, "loss": out["loss"], "lr": out["lr"],
+                "grad_norm": out["grad_norm"], "tokens_per_s": out["tokens"] / dt,
+                "trained_tokens_per_s": out["trained_tokens"] / dt,
+                "trained_tokens": out["trained_tokens"], "step_time_s": dt,
+                "mfu": out["flops"] / (dt * ctx.world * t.peak_flops_per_device),
+                "peak_memory_gb": peak_memory_bytes(ctx.device) / 2**30,
+            }
+            history.append(last)
+            save = step == total or (t.checkpoint_every_steps > 0 and step % t.checkpoint_every_steps == 0)
+            if ctx.rank == 0 and (save or step % t.log_every_steps == 0):
+                io.write_bytes(metrics_uri, "".join(json.dumps(h) + "\n" for h in history).encode())
+            if save:
+                state = {"step": step, "epoch": epoch, "micro_batches_in_epoch": (in_epoch + 1) * t.grad_accum,
+                         "scheduler": scheduler.state_dict(), "history": history, "world_size": ctx.world}
+                reporter.report(last, model, optimizer, state, step)
+            elif step % t.log_every_steps == 0:
+                reporter.report(last)
+            in_epoch += 1
+            if step >= total:
+                break
+        for _ in batches:  # drain the epoch so every rank's split finishes it
+            pass
+
+    export_uri = None
+    if t.export:
+        export_uri = ckpt.export_hf(model.lm, model_dir, io.join(cfg.output, "hf"), dtype_of(t.export_dtype),
+                                    t.export_shard_bytes, run_id)
+    summary = {
+        "rows_in": total_rows, "rows_per_rank": total_rows // ctx.world, "world_size": ctx.world,
+        "steps": step, "steps_per_epoch": per_epoch, "epochs": t.epochs,
+        "trained_tokens": sum(h["trained_tokens"] for h in history),
+        "first_loss": history[0]["loss"] if history else None,
+        "final_loss": history[-1]["loss"] if history else None,
+        "export": export_uri, "metrics": metrics_uri, "resumed": resumed,
+        "wall_s": time.time() - started,
+    }
+    if ctx.rank == 0:
+        io.write_bytes(io.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def ray_train_loop(loop_config: dict) -> None:
+    """`train_loop_per_worker` of the TorchTrainer (jobs/train.py)."""
+    from omegaconf import OmegaConf
+
+    import ray.train.torch
+
+    from pipeline.train.data import ray_source
+
+    cfg: TrainConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), loop_config["cfg"]))
+    logging.basicConfig(level=logging.INFO)
+    t = cfg.train
+    ctx = dist_context(ray.train.torch.get_device())
+    source = ray_source(t.seq_len, t.micro_batch_size, t.shuffle, t.shuffle_buffer_rows, t.seed)
+    run(cfg, source, loop_config["total_rows"], RayReporter(), ctx, loop_config["run_id"])
+
+
+def torchrun_main(argv: list[str]) -> dict:
+    """Under torchrun, no Ray: rows read with pyarrow, checkpoints in <output>/_checkpoints/<run>."""
+    from pipeline.config import load_config
+    from pipeline.runtime import new_run_id
+    from pipeline.train.data import local_source
+
+    cfg = load_config(TrainConfig, "train", argv)
+    if "RANK" in os.environ and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    ctx = dist_context()
+    t = cfg.train
+    source, total_rows = local_source(cfg.data, ctx.rank, ctx.world, t.seq_len, t.micro_batch_size, t.shuffle, t.seed)
+    root = os.path.join(cfg.checkpoint_storage or io.join(cfg.output, "_checkpoints"), cfg.run_name or "srft-train")
+    try:
+        return run(cfg, source, total_rows, LocalReporter(root, ctx.rank), ctx, new_run_id())
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    torchrun_main(sys.argv[1:])
