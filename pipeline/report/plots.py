@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 COLORS = {"good": "#4caf50", "unnecessary": "#ffb300", "mistake": "#e53935", "recover": "#1e88e5"}
 DPI = 110
@@ -57,8 +58,9 @@ def label_distribution(dist: dict) -> bytes:
     ax2.set_xlim(0, 1)
     ax2.set_xlabel("share of the trajectory's steps")
     shown = dist["trajectories_shown"]
-    ax2.set_title(f"Per trajectory ({shown} of {dist['num_trajectories']}, most steps first; ✓ resolved, ✗ failed)")
-    ax2.legend(loc="lower right", fontsize=8, ncols=len(labels))
+    ax2.set_title(f"Per trajectory ({shown} of {dist['num_trajectories']}, most steps first; ✓ resolved, ✗ failed)",
+                  pad=22)
+    ax2.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=8, ncols=len(labels), frameon=False)
     return _png(fig)
 
 
@@ -76,14 +78,15 @@ def harmful_share(h: dict) -> bytes:
     ax1.bar(x, 1 - harm, bottom=harm, color="#9e9e9e", label="fine")
     ax1.bar([0], [1], fill=False, hatch="//", edgecolor="k", linewidth=0)
     for xi, v in zip(x, harm):
-        ax1.text(xi, v / 2, f"{v:.0%}", ha="center", va="center", color="white", fontweight="bold")
+        if v >= 0.04:
+            ax1.text(xi, v / 2, f"{v:.0%}", ha="center", va="center", color="white", fontweight="bold")
     ax1.axhline(paper, color="k", linestyle="--", linewidth=1)
     ax1.set_xticks(x, [c[0] for c in cols], fontsize=8)
     ax1.set_ylim(0, 1)
     ax1.set_ylabel("share of steps")
     ax1.set_title("Harmful vs fine steps (dashed: the paper's ≤24%)" if abs(paper - 0.24) < 1e-9
                   else f"Harmful vs fine steps (dashed: reference {paper:.0%})")
-    ax1.legend(loc="upper right", fontsize=8)
+    ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, ncols=2, frameon=False)
 
     edges = np.linspace(0, 1, 11)
     data, names = [], []
@@ -94,6 +97,7 @@ def harmful_share(h: dict) -> bytes:
     if data:
         ax2.hist(data, bins=edges, label=names, color=["#e53935", "#43a047", "#9e9e9e"][: len(data)])
         ax2.legend(fontsize=8)
+    ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.axvline(paper, color="k", linestyle="--", linewidth=1)
     ax2.set_xlabel("harmful share of a trajectory's steps")
     ax2.set_ylabel("trajectories")
@@ -118,6 +122,7 @@ def confidence_histogram(c: dict, threshold: float) -> bytes:
     ax.set_xlabel("critic confidence")
     ax.set_ylabel("steps")
     ax.set_title("Critic confidence by label (stacked)")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8)
     return _png(fig)
 
@@ -157,7 +162,7 @@ def recipe_tokens(recipes: dict) -> bytes:
         ax.bar(x, v, bottom=bottom, color=color, label=label)
         bottom += v
     for xi, n in zip(x, names):
-        ax.text(xi, bottom[xi], f"{recipes[n]['num_tokens']:,}\n{recipes[n]['rows']} rows", ha="center",
+        ax.text(xi, bottom[xi], f"{recipes[n]['num_tokens']:,}\n{recipes[n]['rows']} row{'s' if recipes[n]['rows'] != 1 else ''}", ha="center",
                 va="bottom", fontsize=8)
     ax.set_xticks(x, names)
     ax.set_ylim(0, bottom.max() * 1.2 if bottom.max() else 1)
@@ -180,6 +185,7 @@ def loss_curve(lc: dict) -> bytes:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title("Training loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)

@@ -1,0 +1,202 @@
+"""The report stage on the hand-computed fixture of conftest.py: the numbers and the files."""
+
+from __future__ import annotations
+
+import io as _io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline import io
+from pipeline.config import load_config
+from pipeline.report import stats
+from pipeline.report.config import ReportConfig
+
+
+@pytest.fixture
+def fast_plots(monkeypatch):
+    """Skip matplotlib's rendering (seconds per plot on a loaded 2-core box) where the test is about
+    numbers; the figures are still built, and one test renders them all for real."""
+    import matplotlib.pyplot as plt
+
+    from pipeline.report import plots
+
+    buf = _io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+
+    def png(fig):
+        plt.close(fig)
+        return buf.getvalue()
+
+    monkeypatch.setattr(plots, "_png", png)
+
+
+def _run(uris: dict, *extra: str) -> dict:
+    import jobs.report
+
+    cfg = load_config(ReportConfig, "report", [f"{k}={v}" for k, v in uris.items()] + list(extra))
+    return jobs.report.run(cfg)
+
+
+def _png_ok(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    img = Image.open(_io.BytesIO(data))
+    img.verify()
+    return Image.open(_io.BytesIO(data)).size
+
+
+def test_report_numbers_and_files(report_fixture):
+    summary = _run(report_fixture)
+    out = Path(report_fixture["output"])
+    md = (out / "report.md").read_text()
+    rep = json.loads((out / "report.json").read_text())
+
+    assert summary["rows_in"] == 14 and summary["trajectories"] == 5 and summary["labelled_trajectories"] == 3
+    assert summary["label_errors"] == 2 and summary["skipped_sections"] == []
+    assert json.loads((out / "_summary.json").read_text()) == summary
+
+    # label distribution: the older run's label of t1 step 0 is superseded
+    d = rep["label_distribution"]
+    assert d["counts"] == {"good": 9, "unnecessary": 2, "mistake": 2, "recover": 1}
+    assert rep["duplicate_labels"] == 1
+    assert "| mistake | 2 | 14.3% |" in md
+    assert "| `t2` | no | 5 | 3 | 0 | 1 | 1 |" in md
+
+    # harmful share in failed runs: 2 of 10 steps, within the paper's 24%
+    fail = rep["harmful"]["groups"]["unresolved"]
+    assert (fail["steps"], fail["harmful_steps"], fail["harmful_share"]) == (10, 2, 0.2)
+    assert fail["harmful_share_above_threshold"] == 0.1  # only the 0.83 mistake at threshold 0.5
+    assert rep["harmful"]["failed_runs_within_paper_bound"] is True
+    assert "Failed runs: 20.0% of steps harmful, 80.0% fine (within the paper's ≤24% harmful / 76% fine)" in md
+
+    # confidence histogram: 20 bins, every step counted once
+    c = rep["confidence"]
+    assert sum(sum(v) for v in c["counts"].values()) == 14
+    assert c["counts"]["mistake"][8] == 1 and c["counts"]["mistake"][16] == 1  # 0.42 and 0.83
+
+    # sweep in characters: 1700 trainable; 500 masked up to 0.42, 300 up to 0.83, none above
+    s = rep["sweep"]
+    assert s["unit"] == "characters" and s["trainable_total"] == {"all": 1700, "unresolved": 1300, "resolved": 400}
+    curve = dict(zip(s["thresholds"], s["fraction_masked"]["all"]))
+    assert curve[0.0] == curve[0.4] == round(500 / 1700, 6)
+    assert curve[0.45] == curve[0.5] == curve[0.8] == round(300 / 1700, 6)
+    assert curve[0.85] == curve[1.0] == 0.0
+    assert dict(zip(s["thresholds"], s["fraction_masked"]["unresolved"]))[0.4] == round(500 / 1300, 6)
+    assert set(s["fraction_masked"]["resolved"]) == {0.0}
+    assert summary["fraction_masked_at_threshold"] == round(300 / 1700, 6)
+    assert "| 0.4 | 29.41% | 38.46% | 0.00% |" in md
+    assert "| 0.5 (current) | 17.65% | 23.08% | 0.00% |" in md
+    assert "**Step size is counted in characters:**" in md
+
+    # tokens per recipe
+    r = rep["recipes"]
+    assert r["srft"] == {"rows": 2, "documents": 3, "num_tokens": 1500, "num_trained_tokens": 900,
+                         "num_masked_tokens": 150, "num_context_tokens": 450, "trained_share": 0.6,
+                         "masked_share_of_trainable": round(150 / 1050, 6)}
+    assert r["rft"]["num_masked_tokens"] == 0
+    assert "| srft | 2 | 3 | 1,500 | 900 | 150 | 450 | 60.0% | 14.3% |" in md
+
+    # loss: two ranks per step are averaged
+    lc = rep["loss"]
+    assert lc["num_steps"] == 5 and lc["first_loss"] == 2.0 and lc["last_loss"] == 1.2
+
+    # critic errors and usage
+    e = rep["errors"]
+    assert e["reasons"] == {"critic_timeout": {"count": 1, "mean_attempts": 2.0},
+                            "unparseable_output": {"count": 1, "mean_attempts": 3.0}}
+    assert e["coverage"] == {"trajectories": 5, "labelled": 3, "errored": 2, "labelled_and_errored": 0,
+                             "neither": 0}
+    assert "| unparseable_output | 1 | 3.0 |" in md
+    assert rep["critic_usage"]["prompt_tokens"] == 14000 and rep["critic_usage"]["completion_tokens"] == 560
+
+    # every plot the Markdown names exists and is a real PNG of a readable size
+    plots = sorted(p.name for p in (out / "plots").iterdir())
+    assert plots == ["confidence_histogram.png", "critic_errors.png", "harmful_share.png",
+                     "label_distribution.png", "loss_curve.png", "recipe_tokens.png", "threshold_sweep.png"]
+    for name in plots:
+        assert f"(plots/{name})" in md
+        w, h = _png_ok((out / "plots" / name).read_bytes())
+        assert w >= 400 and h >= 200
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and 'src="plots/threshold_sweep.png"' in html
+    assert not [p for p in out.iterdir() if p.name.startswith("_staging")]
+
+
+def test_missing_training_inputs_skip_their_sections(fast_plots, report_fixture, tmp_path):
+    uris = {**report_fixture, "train_rows": str(tmp_path / "nope"), "train_metrics": "null"}
+    summary = _run(uris)
+    md = (Path(uris["output"]) / "report.md").read_text()
+    assert summary["skipped_sections"] == ["tokens per recipe", "training loss"]
+    assert f"> **Section skipped:** `train_rows` = `{tmp_path / 'nope'}` does not exist" in md
+    assert "> **Section skipped:** no `train_metrics` URI was given" in md
+    assert not (Path(uris["output"]) / "plots" / "loss_curve.png").exists()
+
+
+def test_threshold_and_labels_are_configurable(fast_plots, report_fixture):
+    summary = _run(report_fixture, "mask.threshold=0.4", "mask.labels=[mistake,unnecessary]")
+    rep = json.loads((Path(report_fixture["output"]) / "report.json").read_text())
+    # at 0.4: both mistakes (300 + 200) and the 0.62 unnecessary step of t1 (100); 0.33 stays
+    assert summary["fraction_masked_at_threshold"] == round(600 / 1700, 6)
+    assert rep["harmful"]["groups"]["unresolved"]["harmful_share_above_threshold"] == 0.2
+
+
+def test_missing_required_input_fails_naming_it(report_fixture, tmp_path):
+    with pytest.raises(FileNotFoundError, match="labels="):
+        _run({**report_fixture, "labels": str(tmp_path / "no-labels")})
+
+
+def test_bad_metrics_line_names_file_and_line(report_fixture):
+    io.write_bytes(report_fixture["train_metrics"], b'{"step": 1, "loss": 2.0}\nnot json\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not JSON"):
+        _run(report_fixture)
+
+
+def test_confidence_is_compared_as_stored_float32():
+    # 0.7 stored as float32 reads back as 0.699999988: below a 0.7 threshold, like in the build stage
+    import numpy as np
+
+    class T:
+        unit, method, description = "characters", "chars", "x"
+        resolved = {"a": False}
+        step_sizes = {"a": [10, 10]}
+
+    rows = [{"traj_id": "a", "step": 0, "label": "mistake", "confidence": float(np.float32(0.7))},
+            {"traj_id": "a", "step": 1, "label": "good", "confidence": 0.9}]
+    s = stats.threshold_sweep(rows, T, [0.69, 0.7], ["mistake"], 0.7)
+    assert s["fraction_masked"]["all"] == [0.5, 0.0]
+
+
+def test_report_reads_and_writes_s3(fast_plots, s3_bucket):
+    from tests.report.conftest import write_fixture
+
+    uris = write_fixture(s3_bucket)
+    summary = _run(uris, "html=false")
+    assert summary["report"] == f"{s3_bucket}/report/report.md"
+    md = io.read_bytes(f"{s3_bucket}/report/report.md").decode()
+    assert "| 0.5 (current) | 17.65% | 23.08% | 0.00% |" in md
+    _png_ok(io.read_bytes(f"{s3_bucket}/report/plots/threshold_sweep.png"))
+    assert not io.exists(f"{s3_bucket}/report/report.html")
+
+
+def test_tokenizer_method_needs_a_tokenizer(report_fixture):
+    with pytest.raises(ValueError, match="tokens.method=tokenizer needs tokens.tokenizer"):
+        _run(report_fixture, "tokens.method=tokenizer")
+
+
+@pytest.mark.slow
+def test_sweep_counts_student_tokens(fast_plots, report_fixture, qwen_tokenizer_path):
+    from transformers import AutoTokenizer
+
+    summary = _run(report_fixture, f"tokens.tokenizer={qwen_tokenizer_path}")
+    rep = json.loads((Path(report_fixture["output"]) / "report.json").read_text())
+    tok = AutoTokenizer.from_pretrained(qwen_tokenizer_path)
+    x100 = len(tok("x" * 100, add_special_tokens=False)["input_ids"])
+    x300 = len(tok("x" * 300, add_special_tokens=False)["input_ids"])
+    assert summary["step_size_unit"] == "tokens"
+    assert rep["sweep"]["trainable_total"]["resolved"] == 4 * x100
+    assert rep["sweep"]["fraction_masked_at_current"]["unresolved"] == round(
+        x300 / rep["sweep"]["trainable_total"]["unresolved"], 6)
+    assert "**Step size is counted in tokens:** student tokenizer" in (
+        Path(report_fixture["output"]) / "report.md").read_text()
