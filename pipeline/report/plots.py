@@ -129,11 +129,13 @@ def confidence_histogram(c: dict, threshold: float) -> bytes:
 
 def threshold_sweep(s: dict, recipes: dict | None) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    styles = {"all": ("k", "-"), "unresolved": ("#e53935", "--"), "resolved": ("#43a047", ":")}
+    styles = {"all": ("k", "-"), "unresolved": ("#e53935", "--"), "unknown": ("#9e9e9e", ":")}
+    names = {"all": "all runs (srft_mix)", "unresolved": "failed runs (srft_unresolved)",
+             "unknown": "runs of unknown outcome"}
     for g, ys in s["fraction_masked"].items():
         color, ls = styles[g]
         ax.plot(s["thresholds"], ys, color=color, linestyle=ls, marker="o", markersize=3,
-                label=f"{g} runs ({s['trainable_total'][g]:,} {s['unit']})")
+                label=f"{names[g]}: {s['trainable_total'][g]:,} {s['unit']}")
     ax.axvline(s["current_threshold"], color="#555", linestyle="-.", linewidth=1,
                label=f"mask.threshold = {s['current_threshold']:g}")
     for recipe, r in (recipes or {}).items():

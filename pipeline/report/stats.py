@@ -128,39 +128,46 @@ def threshold_sweep(rows: list[dict], tokens, thresholds: list[float], mask_labe
                     current: float) -> dict:
     """Fraction of trainable (assistant-message) tokens that the mask removes, per threshold.
 
-    The denominator is every step of every labelled trajectory that the trajectory table knows;
-    the numerator the steps whose label is in `mask_labels` with confidence >= threshold.
+    Mirrors the build stage (pipeline/masking/config.py MaskConfig): only steps of runs that are
+    not resolved are masked (label in `mask_labels`, confidence >= threshold); such a run is
+    trained only when every step has a label (mask.unlabeled=exclude). Resolved runs are trained
+    whole. Curves: `all` (resolved + labelled failed/unknown runs, as recipe srft_mix trains),
+    `unresolved` (failed runs only, as srft_unresolved) and `unknown` (outcome unknown) if any.
     """
-    labelled = {r["traj_id"] for r in rows}
     by_step = {(r["traj_id"], r["step"]): r for r in rows}
+    labelled = {r["traj_id"] for r in rows}
     unknown_traj = sorted(labelled - set(tokens.step_sizes))
     unmatched = sum(1 for (t, k) in by_step if t in tokens.step_sizes and k >= len(tokens.step_sizes[t]))
     size, conf, maskable, group = [], [], [], []
-    unlabelled_steps = 0
-    for t in sorted(labelled & set(tokens.step_sizes)):
+    excluded = Counter()
+    for t in sorted(tokens.step_sizes):
         g = _group(tokens.resolved.get(t))
-        for k, n in enumerate(tokens.step_sizes[t]):
+        sizes = tokens.step_sizes[t]
+        if g != "resolved" and not all((t, k) in by_step for k in range(len(sizes))):
+            excluded["partly_labelled" if t in labelled else "unlabelled"] += 1
+            continue
+        for k, n in enumerate(sizes):
             r = by_step.get((t, k))
-            unlabelled_steps += r is None
             size.append(n)
             conf.append(float(r["confidence"]) if r else 0.0)
-            maskable.append(bool(r) and r["label"] in mask_labels)
+            maskable.append(g != "resolved" and r is not None and r["label"] in mask_labels)
             group.append(g)
     size = np.array(size, dtype=np.int64)
     conf = np.array(conf, dtype=np.float64)
     maskable = np.array(maskable, dtype=bool)
     group = np.array(group, dtype=object)
-    curves, totals = {}, {}
-    for g in ("all", "unresolved", "resolved"):
-        sel = np.ones(size.shape, bool) if g == "all" else group == g
+    selections = {"all": np.ones(size.shape, bool), "unresolved": group == "unresolved"}
+    if (group == "unknown").any():
+        selections["unknown"] = group == "unknown"
+    curves, totals, at_current = {}, {}, {}
+    for g, sel in selections.items():
         den = int(size[sel].sum())
         totals[g] = den
         if den == 0:
+            at_current[g] = None
             continue
         curves[g] = [round(float(size[sel & maskable & (conf >= t)].sum()) / den, 6) for t in thresholds]
-    at_current = {g: (round(float(size[(np.ones(size.shape, bool) if g == "all" else group == g)
-                                       & maskable & (conf >= current)].sum()) / totals[g], 6)
-                      if totals[g] else None) for g in totals}
+        at_current[g] = round(float(size[sel & maskable & (conf >= current)].sum()) / den, 6)
     return {
         "unit": tokens.unit,
         "method": tokens.method,
@@ -172,7 +179,7 @@ def threshold_sweep(rows: list[dict], tokens, thresholds: list[float], mask_labe
         "current_threshold": current,
         "fraction_masked_at_current": at_current,
         "steps": int(size.size),
-        "steps_without_label": unlabelled_steps,
+        "excluded_not_fully_labelled": dict(excluded),
         "labels_beyond_last_step": unmatched,
         "labelled_trajectories_not_in_trajectories": len(unknown_traj),
         "example_missing_trajectories": unknown_traj[:5],

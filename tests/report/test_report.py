@@ -78,16 +78,16 @@ def test_report_numbers_and_files(report_fixture):
 
     # sweep in characters: 1700 trainable; 500 masked up to 0.42, 300 up to 0.83, none above
     s = rep["sweep"]
-    assert s["unit"] == "characters" and s["trainable_total"] == {"all": 1700, "unresolved": 1300, "resolved": 400}
+    assert s["unit"] == "characters" and s["trainable_total"] == {"all": 1700, "unresolved": 1300}
+    assert s["excluded_not_fully_labelled"] == {"unlabelled": 2}  # t4, t5: the build stage excludes them
     curve = dict(zip(s["thresholds"], s["fraction_masked"]["all"]))
     assert curve[0.0] == curve[0.4] == round(500 / 1700, 6)
     assert curve[0.45] == curve[0.5] == curve[0.8] == round(300 / 1700, 6)
     assert curve[0.85] == curve[1.0] == 0.0
     assert dict(zip(s["thresholds"], s["fraction_masked"]["unresolved"]))[0.4] == round(500 / 1300, 6)
-    assert set(s["fraction_masked"]["resolved"]) == {0.0}
     assert summary["fraction_masked_at_threshold"] == round(300 / 1700, 6)
-    assert "| 0.4 | 29.41% | 38.46% | 0.00% |" in md
-    assert "| 0.5 (current) | 17.65% | 23.08% | 0.00% |" in md
+    assert "| 0.4 | 29.41% | 38.46% |" in md
+    assert "| 0.5 (current) | 17.65% | 23.08% |" in md
     assert "**Step size is counted in characters:**" in md
 
     # tokens per recipe
@@ -137,8 +137,9 @@ def test_missing_training_inputs_skip_their_sections(fast_plots, report_fixture,
 def test_threshold_and_labels_are_configurable(fast_plots, report_fixture):
     summary = _run(report_fixture, "mask.threshold=0.4", "mask.labels=[mistake,unnecessary]")
     rep = json.loads((Path(report_fixture["output"]) / "report.json").read_text())
-    # at 0.4: both mistakes (300 + 200) and the 0.62 unnecessary step of t1 (100); 0.33 stays
-    assert summary["fraction_masked_at_threshold"] == round(600 / 1700, 6)
+    # at 0.4: both mistakes (300 + 200); the 0.33 unnecessary step stays, and so does t1's 0.62 one:
+    # t1 is resolved, and the build stage masks only runs that are not resolved
+    assert summary["fraction_masked_at_threshold"] == round(500 / 1700, 6)
     assert rep["harmful"]["groups"]["unresolved"]["harmful_share_above_threshold"] == 0.2
 
 
@@ -175,7 +176,7 @@ def test_report_reads_and_writes_s3(fast_plots, s3_bucket):
     summary = _run(uris, "html=false")
     assert summary["report"] == f"{s3_bucket}/report/report.md"
     md = io.read_bytes(f"{s3_bucket}/report/report.md").decode()
-    assert "| 0.5 (current) | 17.65% | 23.08% | 0.00% |" in md
+    assert "| 0.5 (current) | 17.65% | 23.08% |" in md
     _png_ok(io.read_bytes(f"{s3_bucket}/report/plots/threshold_sweep.png"))
     assert not io.exists(f"{s3_bucket}/report/report.html")
 
@@ -195,7 +196,7 @@ def test_sweep_counts_student_tokens(fast_plots, report_fixture, qwen_tokenizer_
     x100 = len(tok("x" * 100, add_special_tokens=False)["input_ids"])
     x300 = len(tok("x" * 300, add_special_tokens=False)["input_ids"])
     assert summary["step_size_unit"] == "tokens"
-    assert rep["sweep"]["trainable_total"]["resolved"] == 4 * x100
+    assert rep["sweep"]["trainable_total"]["all"] - rep["sweep"]["trainable_total"]["unresolved"] == 4 * x100
     assert rep["sweep"]["fraction_masked_at_current"]["unresolved"] == round(
         x300 / rep["sweep"]["trainable_total"]["unresolved"], 6)
     assert "**Step size is counted in tokens:** student tokenizer" in (
