@@ -1,0 +1,259 @@
+"""Token ids and loss masks for whole trajectories, from the student's own chat template.
+
+How a row is built (one batch of conversations at a time):
+
+1. ``input_ids`` *are* ``tokenizer.apply_chat_template(conversations, tokenize=True)`` (one batched
+   call): the ids are the reference by construction, so no second tokenization is needed to
+   verify them. The same template renders the text (``tokenize=False``, a cheap Jinja pass).
+2. Each message's content is found, in order, in the rendered text. An assistant turn's trainable
+   characters run from the end of the template's generation prompt (the assistant header, learnt
+   by `template.probe_template`) through the end-of-turn token: its content, any rendered tool
+   calls, and the end-of-turn token, i.e. exactly what the model generated at that step.
+3. Character positions map to tokens through the tokenizer's offsets. Per row it is checked that
+   the text and the ids agree (the last token ends at the end of the text), that every header falls
+   on a token boundary, and that every trainable span ends with the end-of-turn token. When BPE
+   merges the header's last character with the content's first ones (Qwen's "\n" + "\n\n"), that
+   token is not trained: it holds text the model did not generate (counted as `straddled_steps`).
+   A row failing any check is an error row with the reason; no mask is ever guessed.
+4. Truncation keeps the prompt and whole steps (a cut falls just before an assistant header), and
+   the kept ids are checked against ``apply_chat_template`` of the kept messages.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.masking.template import TemplateInfo, load_tokenizer, probe_template
+
+
+class BadRow(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Conversation:
+    traj_id: str
+    messages: list[dict]  # TRAJECTORY messages: role, content, tool_calls (JSON text or null)
+    masked_steps: frozenset[int] = frozenset()  # steps kept as context only; all others are trained
+
+
+@dataclass
+class Built:
+    traj_id: str
+    input_ids: np.ndarray  # int32
+    loss_mask: np.ndarray  # int8, 1 = trained
+    num_masked_tokens: int  # tokens of masked steps' assistant turns (context only)
+    step_spans: list[tuple[int, int, bool]]  # per kept step: token [start, end) of its trainable span, trained?
+    truncated_tokens: int = 0
+    truncated_steps: int = 0
+    straddled_steps: int = 0  # steps whose first content token also held header text (not trained)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_trained_tokens(self) -> int:
+        return int(self.loss_mask.sum(dtype=np.int64))
+
+
+@dataclass
+class Failed:
+    traj_id: str
+    reason: str
+    detail: str
+    excluded: bool = False  # a policy exclusion (e.g. overlong=drop), not an error
+
+
+def to_chat(messages: list[dict], parse_tool_arguments: bool = True) -> list[dict]:
+    """TRAJECTORY messages -> chat-template messages (tool_calls parsed back into a list of dicts;
+    with `parse_tool_arguments`, a function's JSON-text arguments become an object, which is what
+    chat templates render as the call the model emits)."""
+    chat = []
+    for m in messages:
+        d = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            calls = json.loads(m["tool_calls"])
+            if parse_tool_arguments:
+                for c in calls:
+                    f = c.get("function") if isinstance(c, dict) else None
+                    if isinstance(f, dict) and isinstance(f.get("arguments"), str):
+                        try:
+                            args = json.loads(f["arguments"])
+                        except json.JSONDecodeError:
+                            continue
+                        if isinstance(args, dict):
+                            f["arguments"] = args
+            d["tool_calls"] = calls
+        chat.append(d)
+    return chat
+
+
+@dataclass
+class MaskBuilder:
+    model: str
+    chat_template: str | None = None
+    end_of_turn: str | None = None
+    max_len: int = 32768
+    overlong: str = "truncate"  # truncate | drop
+    parse_tool_arguments: bool = True
+    tokenizer: object = field(init=False, repr=False)
+    info: TemplateInfo = field(init=False)
+
+    def __post_init__(self):
+        self.tokenizer = load_tokenizer(self.model, self.chat_template)
+        self.info = probe_template(self.tokenizer, self.end_of_turn)
+
+    # -- rendering ------------------------------------------------------------------------------
+    def _render(self, chats: list[list[dict]]):
+        tok = self.tokenizer
+        texts = tok.apply_chat_template(chats, tokenize=False)
+        enc = tok.apply_chat_template(chats, tokenize=True, return_dict=True)
+        return texts, enc
+
+    def build(self, convs: list[Conversation]) -> list[Built | Failed]:
+        chats, out, ok = [], [None] * len(convs), []
+        for i, c in enumerate(convs):
+            try:
+                chats.append(to_chat(c.messages, self.parse_tool_arguments))
+                ok.append(i)
+            except (json.JSONDecodeError, TypeError, AttributeError) as e:
+                out[i] = Failed(c.traj_id, "bad_tool_calls", f"tool_calls is not a JSON list of calls: {e}")
+        if not ok:
+            return out
+        try:
+            texts, enc = self._render(chats)
+        except Exception:  # noqa: BLE001 - isolate the row the template refuses
+            if len(ok) == 1:
+                import traceback
+
+                err = traceback.format_exc(limit=1).strip().splitlines()[-1]
+                out[ok[0]] = Failed(convs[ok[0]].traj_id, "template_error", err[:500])
+                return out
+            for i in ok:
+                out[i] = self.build([convs[i]])[0]
+            return out
+        for b, i in enumerate(ok):
+            try:
+                out[i] = self._one(convs[i], chats[b], texts[b], enc, b)
+            except BadRow as e:
+                out[i] = Failed(convs[i].traj_id, e.reason, e.detail)
+        return out
+
+    # -- one row --------------------------------------------------------------------------------
+    def _spans(self, chat: list[dict], text: str) -> list[tuple[int, int, int]]:
+        """Per assistant message: (header char, trainable start char, trainable end char)."""
+        g, eot = self.info.generation_prompt, self.info.end_of_turn
+        cursor, spans = 0, []
+        for j, m in enumerate(chat):
+            content = m.get("content") or ""
+            if m["role"] == "assistant":
+                a = text.find(g, cursor)
+                if a < 0:
+                    raise BadRow("assistant_header_not_found", f"message {j}: no {g!r} after char {cursor}")
+                start = end_content = a + len(g)
+                if content:
+                    p = text.find(content, start)
+                    e = text.find(eot, start)
+                    if p < 0 or (0 <= e < p):
+                        raise BadRow(
+                            "content_not_verbatim",
+                            f"message {j} (assistant): its content is not rendered verbatim in its turn",
+                        )
+                    end_content = p + len(content)
+                e = text.find(eot, end_content)
+                if e < 0:
+                    raise BadRow("end_of_turn_not_found", f"message {j}: no {eot!r} after its content")
+                spans.append((a, start, e + len(eot)))
+                cursor = e + len(eot)
+            elif content:
+                p = text.find(content, cursor)
+                if p < 0:
+                    raise BadRow(
+                        "content_not_verbatim",
+                        f"message {j} ({m['role']}): its content is not rendered verbatim after char {cursor}",
+                    )
+                cursor = p + len(content)
+        return spans
+
+    def _one(self, conv: Conversation, chat: list[dict], text: str, enc, b: int) -> Built | Failed:
+        ids = enc["input_ids"][b]
+        n = len(ids)
+        if n == 0 or enc.token_to_chars(b, n - 1).end != len(text):
+            raise BadRow("render_mismatch", "the rendered text and the template's token ids disagree")
+        spans = self._spans(chat, text)
+
+        def token_at(char: int, what: str) -> int:
+            t = enc.char_to_token(b, char)
+            if t is None or enc.token_to_chars(b, t).start != char:
+                raise BadRow(
+                    "span_boundary_splits_token",
+                    f"{what} at char {char} falls inside a token ({text[max(0, char - 10):char + 10]!r})",
+                )
+            return t
+
+        headers, steps, straddled = [], [], 0
+        eot_id = self.info.end_of_turn_id
+        for k, (a, s, e) in enumerate(spans):
+            headers.append(token_at(a, f"step {k} header"))
+            # BPE may merge the template's last header character with the content's first ones
+            # (Qwen: "assistant\n" + "\n\n<function=" gives one "\n\n\n" token). That token holds
+            # text the model did not generate, so training starts at the next token.
+            t0 = enc.char_to_token(b, s) if s < len(text) else None
+            if t0 is None:
+                raise BadRow("span_boundary_splits_token", f"step {k} starts past the text")
+            if enc.token_to_chars(b, t0).start < s:
+                t0 += 1
+                straddled += 1
+            t1 = enc.char_to_token(b, e - 1)
+            if t1 is None or ids[t1] != eot_id or enc.token_to_chars(b, t1).end != e:
+                raise BadRow("end_of_turn_not_a_token", f"step {k} does not end with the end-of-turn token")
+            t1 += 1
+            if t0 >= t1:
+                raise BadRow("span_boundary_splits_token", f"step {k}: no whole token between header and end")
+            steps.append((t0, t1, k not in conv.masked_steps))
+
+        input_ids = np.asarray(ids, dtype=np.int32)
+        truncated_tokens = truncated_steps = 0
+        if n > self.max_len:
+            if self.overlong == "drop":
+                return Failed(conv.traj_id, "overlong", f"{n} tokens > max {self.max_len}", excluded=True)
+            keep = max((k for k in range(1, len(headers)) if headers[k] <= self.max_len), default=None)
+            if keep is None:
+                return Failed(
+                    conv.traj_id,
+                    "overlong_no_whole_step",
+                    f"{n} tokens; the prompt and first step alone exceed max {self.max_len}",
+                    excluded=True,
+                )
+            cut = headers[keep]
+            kept_messages = [i for i, m in enumerate(chat) if m["role"] == "assistant"][keep]
+            reference = self.tokenizer.apply_chat_template(chat[:kept_messages], tokenize=True, return_dict=True)["input_ids"]
+            if list(reference) != ids[:cut]:
+                raise BadRow("truncation_mismatch", f"the ids kept up to step {keep} differ from the render of those messages")
+            input_ids = input_ids[:cut]
+            truncated_tokens, truncated_steps = n - cut, len(steps) - keep
+            steps = steps[:keep]
+        loss_mask = np.zeros(input_ids.shape[0], dtype=np.int8)
+        masked = 0
+        for t0, t1, trained in steps:
+            if trained:
+                loss_mask[t0:t1] = 1
+            else:
+                masked += t1 - t0
+        return Built(
+            traj_id=conv.traj_id,
+            input_ids=input_ids,
+            loss_mask=loss_mask,
+            num_masked_tokens=masked,
+            step_spans=steps,
+            truncated_tokens=truncated_tokens,
+            truncated_steps=truncated_steps,
+            straddled_steps=straddled,
+        )
