@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import sys
 
+from jobs._cli import stage_main
 from pipeline import io
-from pipeline.config import load_config
 from pipeline.report.build import make_report
 from pipeline.report.config import ReportConfig
 from pipeline.runtime import new_run_id
@@ -30,6 +30,7 @@ def run(cfg: ReportConfig) -> dict:
     d, h, s = report["label_distribution"], report["harmful"], report["sweep"]
     summary = {
         "rows_in": d["total_steps"],  # labelled steps read
+        "rows_out": len(files) + 1,  # files written
         "trajectories": report["errors"]["coverage"]["trajectories"],
         "labelled_trajectories": report["errors"]["coverage"]["labelled"],
         "label_errors": report["errors"]["num_errors"],
@@ -47,12 +48,15 @@ def run(cfg: ReportConfig) -> dict:
     return summary
 
 
+def inputs(cfg: ReportConfig) -> dict[str, str | None]:
+    return {"trajectories": cfg.trajectories, "labels": cfg.labels,
+            "label_errors": cfg.label_errors or io.join(cfg.labels, "_errors"),
+            "train_rows": cfg.train_rows, "train_metrics": cfg.train_metrics}
+
+
 def main(argv: list[str]) -> dict:
-    cfg = load_config(ReportConfig, "report", argv)
-    summary = run(cfg)
-    print(json.dumps(summary, indent=2))
-    print(f"report: {summary['report']}")
-    return summary
+    """Run the report and leave `<output>/_manifest.json` (see jobs/_cli.py); returns the manifest."""
+    return stage_main("report", ReportConfig, run, inputs, argv)
 
 
 if __name__ == "__main__":

@@ -201,3 +201,12 @@ def test_sweep_counts_student_tokens(fast_plots, report_fixture, qwen_tokenizer_
         x300 / rep["sweep"]["trainable_total"]["unresolved"], 6)
     assert "**Step size is counted in tokens:** student tokenizer" in (
         Path(report_fixture["output"]) / "report.md").read_text()
+
+
+def test_main_leaves_a_manifest(fast_plots, report_fixture):
+    import jobs.report
+
+    manifest = jobs.report.main([f"{k}={v}" for k, v in report_fixture.items()])
+    out = Path(report_fixture["output"])
+    assert json.loads((out / "_manifest.json").read_text())["status"] == "complete"
+    assert manifest["rows_in"] == 14 and (out / "report.md").exists()
