@@ -127,11 +127,16 @@ def probe_template(tok, end_of_turn: str | None = None) -> TemplateInfo:
                 continue
             before = _render(tok, probe[:i])
             prefix = _render(tok, probe[:i], add_generation_prompt=True)
-            if not full.startswith(prefix):
-                k = _first_difference(prefix, full)
+            # The context before step i, and step i as generated (the turn rendered as the last
+            # message), must both read the same once the conversation goes on.
+            as_generated = _render(tok, probe[: i + 1])
+            for text in (prefix, as_generated):
+                if full.startswith(text):
+                    continue
+                k = _first_difference(text, full)
                 raise ChatTemplateError(
                     "the chat template re-renders earlier turns differently once the conversation goes on "
-                    f"(probe {n}, assistant message {i}: the render up to it reads {prefix[k:k + 60]!r} at "
+                    f"(probe {n}, assistant message {i}: the render up to it reads {text[k:k + 60]!r} at "
                     f"char {k}, the full render reads {full[k:k + 60]!r}). Qwen3-style templates that drop "
                     "earlier reasoning do this. SRFT trains every step of a trajectory in one sequence, so it "
                     "needs a template under which each step's context is a prefix of the whole; pass "

@@ -1,0 +1,75 @@
+"""Fixtures of the build-stage tests: the real Qwen tokenizer with the Qwen2.5 template, the real
+SWE-smith / SWE-agent trajectories (as TRAJECTORY rows, read by the ingest code without Ray), and
+deterministic step labels for them."""
+
+from __future__ import annotations
+
+import copy
+
+import pyarrow as pa
+import pytest
+
+from pipeline.schema import STEP_LABEL
+
+
+@pytest.fixture(scope="session")
+def builder(qwen_tokenizer_path):
+    from pipeline.masking.builder import MaskBuilder
+
+    return MaskBuilder(str(qwen_tokenizer_path), max_len=10**7)
+
+
+@pytest.fixture
+def make_builder(builder):
+    def make(**kw):
+        b = copy.copy(builder)
+        for k, v in kw.items():
+            setattr(b, k, v)
+        return b
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def real_rows(shared_data) -> list[dict]:
+    """Every real trajectory under ../shared/data as a TRAJECTORY dict (SWE-smith xml rows with
+    their evaluation results; SWE-agent .traj files, resolution unknown)."""
+    from pipeline import io
+    from pipeline.ingest.read import SUFFIXES, read_file
+    from pipeline.ingest.resolution import load_resolution
+
+    resolution = load_resolution(str(shared_data / "swe-smith" / "run_evaluation"))
+    rows = []
+    for uri in io.list_files(str(shared_data), SUFFIXES):
+        for rec in read_file(uri, resolution):
+            if rec.get("quarantine_reason") is None:
+                rows.append(rec)
+    assert len(rows) >= 6
+    return rows
+
+
+def label_for(step: int) -> tuple[str, float]:
+    """A fixed pattern covering masked, below-threshold and other-label steps."""
+    if step % 5 == 1:
+        return "mistake", 0.9
+    if step % 5 == 3:
+        return "mistake", 0.3
+    if step % 7 == 2:
+        return "unnecessary", 0.95
+    return "good", 0.8
+
+
+def labels_table(trajs: dict[str, int], run_id: str = "run-1") -> pa.Table:
+    """STEP_LABEL rows for every step of each (traj_id -> num_steps)."""
+    rows = []
+    for tid, n in trajs.items():
+        for s in range(n):
+            label, conf = label_for(s)
+            rows.append(
+                {
+                    "traj_id": tid, "step": s, "label": label, "confidence": conf, "reason": "r",
+                    "critic_model": "critic", "prompt_version": "v1", "num_samples": 1, "run_id": run_id,
+                    "prompt_tokens": 10, "completion_tokens": 5,
+                }
+            )
+    return pa.Table.from_pylist(rows, schema=STEP_LABEL)
