@@ -54,6 +54,33 @@ class StepTokens:
     num_steps: dict[str, int] = field(default_factory=dict)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                   "added_tokens.json", "tokenizer.model", "chat_template.jinja", "config.json")
+
+
+def tokenizer_dir(uri: str) -> str:
+    """A local folder with the tokenizer of `uri`: a local path as-is; for s3:// (a whole model
+    folder, e.g. the 32B student) only the tokenizer files are fetched, once, into ~/.cache."""
+    if "://" not in uri or uri.startswith("file://"):
+        return uri[len("file://"):] if uri.startswith("file://") else uri
+    import hashlib
+    import os
+    import posixpath
+
+    import pyarrow.fs as pafs
+
+    dest = os.path.join(os.path.expanduser("~/.cache/srft/tokenizers"), hashlib.sha1(uri.encode()).hexdigest()[:16])
+    if not os.path.exists(os.path.join(dest, ".complete")):
+        fs, path = io.filesystem(uri)
+        os.makedirs(dest, exist_ok=True)
+        for f in fs.get_file_info(pafs.FileSelector(path)):
+            name = posixpath.basename(f.path)
+            if f.type == pafs.FileType.File and name in TOKENIZER_FILES:
+                io.write_bytes(os.path.join(dest, name), io.read_bytes(io.join(uri, name)))
+        open(os.path.join(dest, ".complete"), "w").close()
+    return dest
+
+
 def _load_tokenizer(cfg):
     """(tokenizer or None, note). `method=tokenizer` fails loudly; `auto` falls back to chars."""
     method = cfg.method
@@ -66,7 +93,7 @@ def _load_tokenizer(cfg):
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(cfg.tokenizer), ""
+        return AutoTokenizer.from_pretrained(tokenizer_dir(cfg.tokenizer)), ""
     except Exception as e:  # noqa: BLE001 - reported, or re-raised when the tokenizer was required
         if method == "tokenizer":
             raise ValueError(f"tokens.tokenizer {cfg.tokenizer!r} does not load: {e}") from e

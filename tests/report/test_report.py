@@ -210,3 +210,18 @@ def test_main_leaves_a_manifest(fast_plots, report_fixture):
     out = Path(report_fixture["output"])
     assert json.loads((out / "_manifest.json").read_text())["status"] == "complete"
     assert manifest["rows_in"] == 14 and (out / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_tokenizer_from_s3_model_folder(fast_plots, s3_bucket, qwen_tokenizer_path, tmp_path, monkeypatch):
+    from tests.report.conftest import write_fixture
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # the tokenizer cache goes under ~/.cache/srft
+    for f in Path(qwen_tokenizer_path).iterdir():
+        io.write_bytes(f"{s3_bucket}/models/student/{f.name}", f.read_bytes())
+    io.write_bytes(f"{s3_bucket}/models/student/model-00001-of-00002.safetensors", b"not fetched")
+    uris = write_fixture(s3_bucket)
+    summary = _run(uris, f"tokens.tokenizer={s3_bucket}/models/student", "tokens.method=tokenizer")
+    assert summary["step_size_unit"] == "tokens"
+    (cached,) = (tmp_path / ".cache" / "srft" / "tokenizers").iterdir()
+    assert (cached / "tokenizer.json").exists() and not list(cached.glob("*.safetensors"))
