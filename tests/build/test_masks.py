@@ -73,19 +73,23 @@ def test_matches_transformers_generation_mask(builder, real_rows):
         assert all(tok.decode([int(res.input_ids[t])]).strip() == "" for t in extra)
 
 
-def test_template_rewriting_content_is_an_error_row(make_builder, qwen_tokenizer_path):
+def test_template_rewriting_content_is_an_error_row(builder):
     """A template that alters a message's content is caught per row, never given a wrong mask."""
-    from pipeline.masking.builder import Failed, MaskBuilder
+    from pipeline.masking.builder import Failed
 
-    b = MaskBuilder(str(qwen_tokenizer_path))
-    b.tokenizer = __import__("copy").deepcopy(b.tokenizer)
-    b.tokenizer.chat_template = b.tokenizer.chat_template.replace(
+    tok = builder.tokenizer
+    original = tok.chat_template
+    tok.chat_template = original.replace(
         "message.role + '\\n' + message.content + '<|im_end|>'",
         "message.role + '\\n' + (message.content | replace('SECRET', 'S')) + '<|im_end|>'",
     )
+    assert tok.chat_template != original
     msgs = [
         {"role": "user", "content": "task SECRET", "tool_calls": None},
         {"role": "assistant", "content": "ok", "tool_calls": None},
     ]
-    (res,) = b.build([Conversation("t", msgs)])
+    try:
+        (res,) = builder.build([Conversation("t", msgs)])
+    finally:
+        tok.chat_template = original
     assert isinstance(res, Failed) and res.reason == "content_not_verbatim"
