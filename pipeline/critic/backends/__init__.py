@@ -1,0 +1,22 @@
+"""Critic backends. Each exposes `generate(requests) -> list[list[Completion] | Exception]`."""
+
+from __future__ import annotations
+
+
+def make_backend(c):
+    """The backend for `c.backend` (a CriticConfig), built in the calling process."""
+    if c.backend == "vllm":
+        from pipeline.critic.backends.vllm_engine import VLLMBackend
+
+        return VLLMBackend(c)
+    if c.backend == "openai":
+        from pipeline.critic.backends.openai_http import OpenAIBackend
+
+        return OpenAIBackend(c)
+    raise ValueError(f"critic.backend={c.backend!r}: use vllm or openai")
+
+
+def load_tokenizer(c):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(c.tokenizer or c.model)

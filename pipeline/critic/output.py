@@ -1,0 +1,99 @@
+"""The critic's answer: its JSON schema (for structured outputs) and strict validation.
+
+The schema is built per trajectory: exactly ``num_steps`` entries (minItems = maxItems), step
+numbers bounded to ``0..num_steps-1``, labels from the four, reasons bounded by ``maxLength``
+(a tiny model never closes an unbounded string). Keys are ordered reason-before-label so the
+model writes its justification first. Validation does not trust the schema (an OpenAI endpoint
+may ignore it): every rule is checked again in `parse_answer`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from pipeline.schema import LABELS
+
+
+@dataclass(frozen=True)
+class Verdict:
+    step: int
+    label: str
+    confidence: float
+    reason: str
+
+
+class AnswerError(ValueError):
+    """A bad critic answer. `reason` is a short machine-groupable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def json_schema(num_steps: int, reason_max_chars: int) -> dict:
+    entry = {
+        "type": "object",
+        "properties": {
+            "step": {"type": "integer", "minimum": 0, "maximum": max(num_steps - 1, 0)},
+            "reason": {"type": "string", "maxLength": reason_max_chars},
+            "label": {"type": "string", "enum": list(LABELS)},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+        "required": ["step", "reason", "label", "confidence"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "steps": {"type": "array", "items": entry, "minItems": num_steps, "maxItems": num_steps}
+        },
+        "required": ["steps"],
+        "additionalProperties": False,
+    }
+
+
+def parse_answer(text: str | None, num_steps: int, truncated: bool = False) -> list[Verdict]:
+    """Validate one answer; return verdicts in step order or raise AnswerError."""
+    if text is None or not text.strip():
+        raise AnswerError("empty_answer", "the critic returned no text")
+    try:
+        obj = json.loads(text)
+    except ValueError as e:
+        why = "truncated" if truncated else "invalid_json"
+        raise AnswerError(why, f"{e.__class__.__name__}: {e}; answer starts {text[:80]!r}") from None
+    entries = obj.get("steps") if isinstance(obj, dict) else obj if isinstance(obj, list) else None
+    if not isinstance(entries, list):
+        raise AnswerError("wrong_shape", f"expected an object with a 'steps' list, got {type(obj).__name__}")
+    if len(entries) != num_steps:
+        raise AnswerError("wrong_step_count", f"{len(entries)} entries for {num_steps} steps")
+    seen: dict[int, Verdict] = {}
+    for k, e in enumerate(entries):
+        if not isinstance(e, dict):
+            raise AnswerError("wrong_shape", f"entry {k} is {type(e).__name__}, not an object")
+        step = e.get("step")
+        if isinstance(step, bool) or not isinstance(step, int):
+            if isinstance(step, float) and step.is_integer():
+                step = int(step)
+            else:
+                raise AnswerError("bad_step", f"entry {k}: step {step!r} is not an integer")
+        if not 0 <= step < num_steps:
+            raise AnswerError("step_out_of_range", f"entry {k}: step {step} not in 0..{num_steps - 1}")
+        if step in seen:
+            raise AnswerError("duplicate_step", f"step {step} labelled twice")
+        label = e.get("label")
+        if label not in LABELS:
+            raise AnswerError("unknown_label", f"step {step}: label {label!r} not one of {', '.join(LABELS)}")
+        conf = e.get("confidence")
+        if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not math.isfinite(conf):
+            raise AnswerError("bad_confidence", f"step {step}: confidence {conf!r} is not a finite number")
+        if not 0.0 <= conf <= 1.0:
+            raise AnswerError("bad_confidence", f"step {step}: confidence {conf} outside [0, 1]")
+        reason = e.get("reason")
+        seen[step] = Verdict(step, label, float(conf), reason if isinstance(reason, str) else "")
+    missing = [s for s in range(num_steps) if s not in seen]
+    if missing:  # unreachable with the count and duplicate checks, kept as the contract
+        raise AnswerError("missing_step", f"steps {missing[:10]} have no label")
+    return [seen[s] for s in range(num_steps)]
