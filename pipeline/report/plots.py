@@ -33,7 +33,8 @@ def label_distribution(dist: dict) -> bytes:
     labels = dist["labels"]
     trajs = dist["trajectories"]
     height = max(3.0, 0.28 * len(trajs) + 1.5)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, height), gridspec_kw={"width_ratios": [1, 2]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, height), gridspec_kw={"width_ratios": [1, 2]},
+                                   layout="constrained")
     counts = [dist["counts"][lab] for lab in labels]
     bars = ax1.bar(labels, counts, color=[_color(lab, i) for i, lab in enumerate(labels)])
     for b, lab in zip(bars, labels):
@@ -65,10 +66,11 @@ def label_distribution(dist: dict) -> bytes:
 
 
 def harmful_share(h: dict) -> bytes:
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
     paper = h["paper_harmful_share"]
     cols = [("paper, failed runs\n(upper bound)", paper)]
-    for g, name in (("unresolved", "failed runs"), ("resolved", "resolved runs"), ("all", "all runs")):
+    for g, name in (("unresolved", "failed runs"), ("resolved", "resolved runs"), ("unknown", "unknown outcome"),
+                    ("all", "all runs")):
         s = h["groups"][g]["harmful_share"]
         if s is not None:
             cols.append((f"{name}\n(n={h['groups'][g]['steps']} steps)", s))
@@ -89,13 +91,15 @@ def harmful_share(h: dict) -> bytes:
     ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, ncols=2, frameon=False)
 
     edges = np.linspace(0, 1, 11)
-    data, names = [], []
-    for g, name in (("unresolved", "failed"), ("resolved", "resolved"), ("unknown", "unknown")):
+    data, names, colors = [], [], []
+    for g, name, color in (("unresolved", "failed", "#e53935"), ("resolved", "resolved", "#43a047"),
+                           ("unknown", "unknown outcome", "#9e9e9e")):
         if h["per_trajectory_shares"][g]:
             data.append(h["per_trajectory_shares"][g])
             names.append(name)
+            colors.append(color)
     if data:
-        ax2.hist(data, bins=edges, label=names, color=["#e53935", "#43a047", "#9e9e9e"][: len(data)])
+        ax2.hist(data, bins=edges, label=names, color=colors)
         ax2.legend(fontsize=8)
     ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.axvline(paper, color="k", linestyle="--", linewidth=1)
