@@ -185,13 +185,14 @@ class MaskBuilder:
     def _one(self, conv: Conversation, chat: list[dict], text: str, enc, b: int) -> Built | Failed:
         ids = enc["input_ids"][b]
         n = len(ids)
-        if n == 0 or enc.token_to_chars(b, n - 1).end != len(text):
+        encoding = enc.encodings[b]  # the Rust Encoding: offsets without Python wrappers
+        if n == 0 or encoding.token_to_chars(n - 1)[1] != len(text):
             raise BadRow("render_mismatch", "the rendered text and the template's token ids disagree")
         spans = self._spans(chat, text)
 
         def token_at(char: int, what: str) -> int:
-            t = enc.char_to_token(b, char)
-            if t is None or enc.token_to_chars(b, t).start != char:
+            t = encoding.char_to_token(char)
+            if t is None or encoding.token_to_chars(t)[0] != char:
                 raise BadRow(
                     "span_boundary_splits_token",
                     f"{what} at char {char} falls inside a token ({text[max(0, char - 10):char + 10]!r})",
@@ -205,14 +206,14 @@ class MaskBuilder:
             # BPE may merge the template's last header character with the content's first ones
             # (Qwen: "assistant\n" + "\n\n<function=" gives one "\n\n\n" token). That token holds
             # text the model did not generate, so training starts at the next token.
-            t0 = enc.char_to_token(b, s) if s < len(text) else None
+            t0 = encoding.char_to_token(s) if s < len(text) else None
             if t0 is None:
                 raise BadRow("span_boundary_splits_token", f"step {k} starts past the text")
-            if enc.token_to_chars(b, t0).start < s:
+            if encoding.token_to_chars(t0)[0] < s:
                 t0 += 1
                 straddled += 1
-            t1 = enc.char_to_token(b, e - 1)
-            if t1 is None or ids[t1] != eot_id or enc.token_to_chars(b, t1).end != e:
+            t1 = encoding.char_to_token(e - 1)
+            if t1 is None or ids[t1] != eot_id or encoding.token_to_chars(t1)[1] != e:
                 raise BadRow("end_of_turn_not_a_token", f"step {k} does not end with the end-of-turn token")
             t1 += 1
             if t0 >= t1:
