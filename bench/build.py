@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tokens", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scales", default="1,10")
+    ap.add_argument("--base-trajectories", type=int, default=None, help="trajectories at 1x (default: as (a)-(c))")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "build.md"))
     args = ap.parse_args(argv)
 
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
     speed = bench_speed(tok_path, rows, args.tokens, args.rounds)
     real_lengths = [min(n, 32768) for n in speed["tokens_per_conversation"]]
     fills = bench_fill(real_lengths)
-    reps_1x = speed["conversations"]
+    reps_1x = args.base_trajectories or speed["conversations"]
     scales = [int(s) for s in args.scales.split(",") if s]
     rss = bench_rss(tok_path, rows, reps_1x, scales) if scales else {}
     result = {"speed": speed, "packing": fills, "rss": rss, "host": {

@@ -144,6 +144,8 @@ class MaskBuilder:
                 out[i] = self._one(convs[i], chats[b], texts[b], enc, b)
             except BadRow as e:
                 out[i] = Failed(convs[i].traj_id, e.reason, e.detail)
+            except Exception as e:  # noqa: BLE001 - one bad row must not stop the stage; counted by reason
+                out[i] = Failed(convs[i].traj_id, "build_failed", f"{type(e).__name__}: {e}"[:500])
         return out
 
     # -- one row --------------------------------------------------------------------------------
