@@ -127,6 +127,10 @@ def markdown(r: dict) -> str:
         L += [f"{lc['num_steps']} steps; loss first {lc['first_loss']}, last {lc['last_loss']}, "
               f"min {lc['min_loss']} (columns: {', '.join(lc['columns'])}; rows of one step are averaged).", ""]
         L += _img("loss_curve.png", "training loss curve")
+        if lc.get("other_metrics"):
+            L += ["Other training metrics (over all steps):", ""]
+            L += _table(["metric", "mean", "last"], [[k, f"{v['mean']:.6g}", f"{v['last']:.6g}"]
+                                                    for k, v in lc["other_metrics"].items()])
 
     # 7. errors
     e, u = r["errors"], r["critic_usage"]

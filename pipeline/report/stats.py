@@ -226,7 +226,19 @@ def loss_curve(metrics: list[dict]) -> dict:
     series = {k: [(s, round(float(np.mean(by_step[s][k])), 6)) for s in steps if by_step[s][k]]
               for k in loss_keys}
     loss = series.get("loss", [])
+    skip = {"step", "epoch", "rank", *loss_keys}
+    other_keys = sorted({k for r in metrics for k, v in r.items()
+                         if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    others = {}
+    for k in other_keys:
+        vals = [float(r[k]) for r in sorted(metrics, key=lambda r: r["step"])
+                if isinstance(r.get(k), (int, float)) and np.isfinite(r[k])]
+        if vals:
+            others[k] = {"mean": round(float(np.mean(vals)), 6), "last": round(vals[-1], 6)}
+    lr = sorted({(int(r["step"]), float(r["lr"])) for r in metrics if isinstance(r.get("lr"), (int, float))})
     return {
+        "other_metrics": others,
+        "lr": [[s_, v] for s_, v in lr],
         "columns": loss_keys,
         "num_steps": len(steps),
         "series": {k: [[s, v] for s, v in pts] for k, pts in series.items()},

@@ -101,6 +101,8 @@ def test_report_numbers_and_files(report_fixture):
     # loss: two ranks per step are averaged
     lc = rep["loss"]
     assert lc["num_steps"] == 5 and lc["first_loss"] == 2.0 and lc["last_loss"] == 1.2
+    assert lc["other_metrics"] == {"lr": {"mean": 5e-5, "last": 5e-5}}  # step, epoch, rank are not metrics
+    assert "| lr | 5e-05 | 5e-05 |" in md
 
     # critic errors and usage
     e = rep["errors"]
