@@ -1,7 +1,6 @@
 """The critic's answer: its JSON schema (for structured outputs) and strict validation.
 
-The schema is built per trajectory: exactly ``num_steps`` entries (minItems = maxItems), step
-numbers bounded to ``0..num_steps-1``, labels from the four, reasons bounded by ``maxLength``
+The schema is built per trajectory: exactly ``num_steps`` entries, entry k pinned to step k, labels from the four, reasons bounded by ``maxLength``
 (a tiny model never closes an unbounded string). Keys are ordered reason-before-label so the
 model writes its justification first. Validation does not trust the schema (an OpenAI endpoint
 may ignore it): every rule is checked again in `parse_answer`.
@@ -33,11 +32,11 @@ class AnswerError(ValueError):
         self.detail = detail
 
 
-def json_schema(num_steps: int, reason_max_chars: int) -> dict:
-    entry = {
+def _entry(step: int, reason_max_chars: int) -> dict:
+    return {
         "type": "object",
         "properties": {
-            "step": {"type": "integer", "minimum": 0, "maximum": max(num_steps - 1, 0)},
+            "step": {"const": step},
             "reason": {"type": "string", "maxLength": reason_max_chars},
             "label": {"type": "string", "enum": list(LABELS)},
             "confidence": {"type": "number", "minimum": 0, "maximum": 1},
@@ -45,10 +44,21 @@ def json_schema(num_steps: int, reason_max_chars: int) -> dict:
         "required": ["step", "reason", "label", "confidence"],
         "additionalProperties": False,
     }
+
+
+def json_schema(num_steps: int, reason_max_chars: int) -> dict:
+    """Entry k is pinned to ``step: k`` (prefixItems + const), so a schema-following backend
+    cannot skip, repeat or reorder steps; the count is pinned by min/maxItems and items=false."""
     return {
         "type": "object",
         "properties": {
-            "steps": {"type": "array", "items": entry, "minItems": num_steps, "maxItems": num_steps}
+            "steps": {
+                "type": "array",
+                "prefixItems": [_entry(k, reason_max_chars) for k in range(num_steps)],
+                "items": False,
+                "minItems": num_steps,
+                "maxItems": num_steps,
+            }
         },
         "required": ["steps"],
         "additionalProperties": False,
@@ -60,7 +70,7 @@ def parse_answer(text: str | None, num_steps: int, truncated: bool = False) -> l
     if text is None or not text.strip():
         raise AnswerError("empty_answer", "the critic returned no text")
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, strict=False)  # raw tabs inside a reason are harmless
     except ValueError as e:
         why = "truncated" if truncated else "invalid_json"
         raise AnswerError(why, f"{e.__class__.__name__}: {e}; answer starts {text[:80]!r}") from None
