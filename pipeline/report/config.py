@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from omegaconf import MISSING
 
@@ -26,7 +25,7 @@ class TokenCountConfig:
     #   tokenizer - the student tokenizer at `tokenizer` (fails if it does not load)
     #   chars     - characters of the assistant message (content + tool_calls text)
     method: str = "auto"
-    tokenizer: Optional[str] = None  # local path of the student's HF tokenizer / model folder
+    tokenizer: str | None = None  # local path of the student's HF tokenizer / model folder
     batch_size: int = 512
 
 
@@ -34,9 +33,9 @@ class TokenCountConfig:
 class ReportConfig:
     trajectories: str = MISSING  # TRAJECTORY shards (ingest output)
     labels: str = MISSING  # STEP_LABEL shards (label output)
-    label_errors: Optional[str] = None  # LABEL_ERROR shards; default <labels>/_errors
-    train_rows: Optional[str] = None  # TRAINING_ROW shards (build output); missing -> section skipped
-    train_metrics: Optional[str] = None  # JSONL / Parquet of per-step metrics (step, loss, ...); missing -> skipped
+    label_errors: str | None = None  # LABEL_ERROR shards; default <labels>/_errors
+    train_rows: str | None = None  # TRAINING_ROW shards (build output); missing -> section skipped
+    train_metrics: str | None = None  # JSONL / Parquet of per-step metrics (step, loss, ...); missing -> skipped
     output: str = MISSING  # folder: report.md, report.html, report.json, plots/*.png, _summary.json
     title: str = "SRFT pipeline report"
     harmful_labels: list[str] = field(default_factory=lambda: ["mistake"])

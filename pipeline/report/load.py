@@ -62,7 +62,7 @@ def tokenizer_dir(uri: str) -> str:
     """A local folder with the tokenizer of `uri`: a local path as-is; for s3:// (a whole model
     folder, e.g. the 32B student) only the tokenizer files are fetched, once, into ~/.cache."""
     if "://" not in uri or uri.startswith("file://"):
-        return uri[len("file://"):] if uri.startswith("file://") else uri
+        return uri.removeprefix("file://")
     import hashlib
     import os
     import posixpath
@@ -94,7 +94,7 @@ def _load_tokenizer(cfg):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(tokenizer_dir(cfg.tokenizer)), ""
-    except Exception as e:  # noqa: BLE001 - reported, or re-raised when the tokenizer was required
+    except Exception as e:
         if method == "tokenizer":
             raise ValueError(f"tokens.tokenizer {cfg.tokenizer!r} does not load: {e}") from e
         return None, f"the tokenizer at {cfg.tokenizer!r} did not load ({type(e).__name__})"
@@ -160,5 +160,13 @@ def read_metrics(uri: str) -> list[dict]:
     return rows
 
 
-__all__ = ["read_columns", "step_tokens", "read_metrics", "StepTokens",
-           "STEP_LABEL", "LABEL_ERROR", "TRAINING_ROW", "TRAJECTORY"]
+__all__ = [
+    "LABEL_ERROR",
+    "STEP_LABEL",
+    "TRAINING_ROW",
+    "TRAJECTORY",
+    "StepTokens",
+    "read_columns",
+    "read_metrics",
+    "step_tokens",
+]

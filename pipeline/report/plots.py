@@ -10,9 +10,9 @@ import io as _io
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 COLORS = {"good": "#4caf50", "unnecessary": "#ffb300", "mistake": "#e53935", "recover": "#1e88e5"}
 DPI = 110

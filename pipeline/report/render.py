@@ -39,14 +39,14 @@ def markdown(r: dict) -> str:
           + ", ".join(f"{lab} {pct(d['shares'][lab])}" for lab in d["labels"]) + "."]
     if fail["steps"]:
         verdict = "within" if h["failed_runs_within_paper_bound"] else "above"
-        L += [f"- Failed runs: {pct(fail['harmful_share'])} of steps harmful, {pct(fail['fine_share'])} fine "
+        L += [(f"- Failed runs: {pct(fail['harmful_share'])} of steps harmful, {pct(fail['fine_share'])} fine "
               f"({verdict} the paper's ≤{pct(h['paper_harmful_share'], 0)} harmful / "
-              f"{pct(1 - h['paper_harmful_share'], 0)} fine)."]
+              f"{pct(1 - h['paper_harmful_share'], 0)} fine).")]
     else:
         L += ["- No failed (unresolved) runs among the labelled trajectories."]
     if s["fraction_masked_at_current"].get("all") is not None:
-        L += [f"- At mask.threshold = {s['current_threshold']:g}, {pct(s['fraction_masked_at_current']['all'])} "
-              f"of trainable {s['unit']} are masked."]
+        L += [(f"- At mask.threshold = {s['current_threshold']:g}, {pct(s['fraction_masked_at_current']['all'])} "
+              f"of trainable {s['unit']} are masked.")]
     L += [f"- Skipped sections: {', '.join(r['skipped']) if r['skipped'] else 'none'}.", ""]
 
     # 1. labels
@@ -61,9 +61,9 @@ def markdown(r: dict) -> str:
 
     # 2. harmful share
     L += ["## Harmful steps in failed runs", ""]
-    L += [f"Harmful = label in {{{', '.join(h['harmful_labels'])}}}; fine = every other label. The SRFT paper "
+    L += [(f"Harmful = label in {{{', '.join(h['harmful_labels'])}}}; fine = every other label. The SRFT paper "
           f"found at most {pct(h['paper_harmful_share'], 0)} of the steps of failed runs harmful and "
-          f"{pct(1 - h['paper_harmful_share'], 0)} fine: most of a failed trajectory is still worth training on.", ""]
+          f"{pct(1 - h['paper_harmful_share'], 0)} fine: most of a failed trajectory is still worth training on."), ""]
     names = {"unresolved": "failed (unresolved)", "resolved": "resolved", "unknown": "resolution unknown",
              "all": "all"}
     L += _table(["runs", "trajectories", "steps", "harmful", "harmful share", "fine share",
@@ -72,8 +72,8 @@ def markdown(r: dict) -> str:
                   pct(v["fine_share"]), pct(v["harmful_share_above_threshold"]),
                   pct(v["mean_trajectory_harmful_share"])] for g, v in h["groups"].items() if v["steps"]])
     if fail["steps"]:
-        L += [f"**Failed runs: {pct(fail['harmful_share'])} harmful vs the paper's ≤{pct(h['paper_harmful_share'], 0)}"
-              f" — {'within' if h['failed_runs_within_paper_bound'] else 'above'} the paper's bound.**", ""]
+        L += [(f"**Failed runs: {pct(fail['harmful_share'])} harmful vs the paper's ≤{pct(h['paper_harmful_share'], 0)}"
+              f" — {'within' if h['failed_runs_within_paper_bound'] else 'above'} the paper's bound.**"), ""]
     L += _img("harmful_share.png", "harmful share of steps in failed runs vs the paper")
 
     # 3. confidence
@@ -86,20 +86,20 @@ def markdown(r: dict) -> str:
 
     # 4. sweep
     L += ["## Threshold sweep", ""]
-    L += [f"As in the build stage, a step of a run that is not resolved is masked (loss mask 0, kept as "
+    L += [(f"As in the build stage, a step of a run that is not resolved is masked (loss mask 0, kept as "
           f"context) when its label is in {{{', '.join(s['mask_labels'])}}} and its confidence ≥ `mask.threshold`; "
           "such a run is trained only if every step has a label, and resolved runs are trained whole. "
           f"The fraction is of the trainable {s['unit']} (the assistant messages): **all runs** = resolved + "
           "labelled failed runs (recipe `srft_mix`), **unresolved runs** = labelled failed runs only "
-          "(`srft_unresolved`). Runs of unknown outcome are treated as not resolved.", "",
+          "(`srft_unresolved`). Runs of unknown outcome are treated as not resolved."), "",
           f"**Step size is counted in {s['unit']}:** {s['counting']}.", ""]
     ex = s["excluded_not_fully_labelled"]
     if ex or s["labels_beyond_last_step"] or s["labelled_trajectories_not_in_trajectories"]:
-        L += [f"Join caveats: {ex.get('unlabelled', 0)} unlabelled and {ex.get('partly_labelled', 0)} partly "
+        L += [(f"Join caveats: {ex.get('unlabelled', 0)} unlabelled and {ex.get('partly_labelled', 0)} partly "
               f"labelled runs that are not resolved are left out (the build stage excludes them); "
               f"{s['labels_beyond_last_step']} labels name a step the trajectory does not have; "
               f"{s['labelled_trajectories_not_in_trajectories']} labelled trajectories are not in the "
-              "trajectory table (left out).", ""]
+              "trajectory table (left out)."), ""]
     groups = list(s["fraction_masked"])
     L += _table(["mask.threshold", *[f"{g} runs" for g in groups]],
                 [[f"{t:g}" + (" (current)" if abs(t - s["current_threshold"]) < 1e-12 else ""),
@@ -124,8 +124,8 @@ def markdown(r: dict) -> str:
         L += _skipped(r["notes"]["loss"])
     else:
         lc = r["loss"]
-        L += [f"{lc['num_steps']} steps; loss first {lc['first_loss']}, last {lc['last_loss']}, "
-              f"min {lc['min_loss']} (columns: {', '.join(lc['columns'])}; rows of one step are averaged).", ""]
+        L += [(f"{lc['num_steps']} steps; loss first {lc['first_loss']}, last {lc['last_loss']}, "
+              f"min {lc['min_loss']} (columns: {', '.join(lc['columns'])}; rows of one step are averaged)."), ""]
         L += _img("loss_curve.png", "training loss curve")
         if lc.get("other_metrics"):
             L += ["Other training metrics (over all steps):", ""]

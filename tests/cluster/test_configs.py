@@ -134,7 +134,7 @@ def test_runtime_env_is_working_dir_compatible():
 
 
 def test_no_credentials_in_any_config():
-    secret_names = re.compile(r"AWS_(SECRET_ACCESS_KEY|ACCESS_KEY_ID|SESSION_TOKEN)|HF_TOKEN|aws_secret", re.I)
+    secret_names = re.compile(r"AWS_(SECRET_ACCESS_KEY|ACCESS_KEY_ID|SESSION_TOKEN)|HF_TOKEN|aws_secret", re.IGNORECASE)
     for f in [*CLUSTER.rglob("*"), *PROD.glob("*")]:
         if f.is_file():
             text = f.read_text()
@@ -179,7 +179,7 @@ def test_train_world_size_is_the_train_group(prod, aws, raycluster):
 
 
 def test_build_matches_train(prod):
-    from pipeline.masking.config import validate, token_limit
+    from pipeline.masking.config import token_limit, validate
 
     b, t = prod["build"], prod["train"]
     validate(b)

@@ -160,10 +160,9 @@ def test_confidence_is_compared_as_stored_float32():
     # 0.7 stored as float32 reads back as 0.699999988: below a 0.7 threshold, like in the build stage
     import numpy as np
 
-    class T:
-        unit, method, description = "characters", "chars", "x"
-        resolved = {"a": False}
-        step_sizes = {"a": [10, 10]}
+    from pipeline.report.load import StepTokens
+
+    T = StepTokens("chars", "characters", "x", resolved={"a": False}, step_sizes={"a": [10, 10]})
 
     rows = [{"traj_id": "a", "step": 0, "label": "mistake", "confidence": float(np.float32(0.7))},
             {"traj_id": "a", "step": 1, "label": "good", "confidence": 0.9}]
@@ -227,3 +226,16 @@ def test_tokenizer_from_s3_model_folder(fast_plots, s3_bucket, qwen_tokenizer_pa
     assert summary["step_size_unit"] == "tokens"
     (cached,) = (tmp_path / ".cache" / "srft" / "tokenizers").iterdir()
     assert (cached / "tokenizer.json").exists() and not list(cached.glob("*.safetensors"))
+
+
+def test_refuses_labels_of_another_schema_version(report_fixture):
+    import pyarrow.parquet as pq
+
+    from pipeline.schema import STEP_LABEL
+
+    path = Path(report_fixture["labels"]) / "part-0.parquet"
+    table = pq.read_table(path)
+    old = table.replace_schema_metadata({**STEP_LABEL.metadata, b"srft.schema_version": b"0"})
+    pq.write_table(old, path)
+    with pytest.raises(ValueError, match=r"part-0.parquet: written with srft schema version 0"):
+        _run(report_fixture)
