@@ -1,0 +1,100 @@
+"""The whole label stage on a real vLLM CPU engine (tiny random Qwen2) in a real Ray actor pool:
+prompt, ActorPoolStrategy, schema-constrained generation, parsing, shards, summary, resume."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import eval_critic, label
+from pipeline import io
+from pipeline.critic.config import CriticConfig, EvalCriticConfig, LabelConfig, PoolConfig
+from pipeline.critic.prompt import PROMPT_VERSION
+from pipeline.schema import LABEL_ERROR, LABELS, STEP_LABEL
+from tests.label.helpers import trajectory, write_trajectories
+
+
+def tiny_critic(model, **kw) -> CriticConfig:
+    base = dict(
+        model=str(model), max_model_len=2048, dtype="float32", enforce_eager=True, num_samples=1,
+        reason_max_chars=12, output_tokens_per_step=32, batch_size=2, num_cpus_per_actor=0.5,
+        env={"VLLM_CPU_KVCACHE_SPACE": "1"}, pool=PoolConfig(min=1, max=1), max_retries=1,
+    )
+    base.update(kw)
+    return CriticConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def traj_input(tmp_path_factory):
+    root = tmp_path_factory.mktemp("label-in")
+    rows = [trajectory(f"u{i}", 2 + i, resolved=False) for i in range(3)]
+    rows += [trajectory("r0", 2, resolved=True), trajectory("unknown0", 3, resolved=None),
+             trajectory("nosteps", 0, resolved=False)]
+    return write_trajectories(rows, str(root / "trajectories"))
+
+
+def test_label_resume_and_eval(ray_session, tiny_qwen2_path, traj_input, tmp_path):
+    out = str(tmp_path / "labels")
+    cfg = LabelConfig(input=traj_input, output=out, critic=tiny_critic(tiny_qwen2_path), rows_per_shard=5)
+    s = label.run(cfg)
+    # default: unresolved and unknown-outcome trajectories only
+    assert s["rows_in"] == 6 and s["skipped_resolved"] == 1 and s["trajectories_selected"] == 5
+    assert s["trajectories_labelled"] + s["trajectories_errored"] == 5
+    assert s["error_reasons"].get("no_steps") == 1
+    t = pq.read_table(out, schema=STEP_LABEL)
+    assert t.schema.metadata[b"srft.table"] == b"step_label"
+    labelled = set(t["traj_id"].to_pylist())
+    assert "r0" not in labelled and "nosteps" not in labelled
+    # one row per (traj_id, step), every step of every labelled trajectory present
+    pairs = list(zip(t["traj_id"].to_pylist(), t["step"].to_pylist()))
+    assert len(pairs) == len(set(pairs)) == s["rows_out"]
+    steps = {"u0": 2, "u1": 3, "u2": 4, "unknown0": 3}
+    for tid in labelled:
+        assert sorted(st for x, st in pairs if x == tid) == list(range(steps[tid]))
+    assert set(t["label"].to_pylist()) <= set(LABELS)
+    assert all(0.0 <= c <= 1.0 for c in t["confidence"].to_pylist())
+    assert set(t["prompt_version"].to_pylist()) == {PROMPT_VERSION}
+    assert all(n == 1 for n in t["num_samples"].to_pylist()) and all(p > 0 for p in t["prompt_tokens"].to_pylist())
+    errs = io.read_table(io.join(out, "_errors"), LABEL_ERROR)
+    assert errs.num_rows == s["trajectories_errored"] and "nosteps" in errs["traj_id"].to_pylist()
+    assert io.exists(io.join(out, "_summary.json"))
+
+    # Re-run: idempotent, nothing new (no engine starts: nothing is selected)
+    again = label.run(cfg)
+    assert again["trajectories_selected"] == s["trajectories_errored"]  # errors are retried ...
+    assert again["skipped_already_labelled"] == len(labelled)
+    t2 = pq.read_table(out, schema=STEP_LABEL)
+    assert t2.num_rows == t.num_rows  # ... labelled ones never duplicated
+
+    # label_resolved=true labels the resolved one too, and only that (plus retried errors)
+    cfg.critic.label_resolved = True
+    cfg.retry_errors = False
+    third = label.run(cfg)
+    assert third["trajectories_selected"] == 1 and third["skipped_previous_error"] >= 1
+    t3 = pq.read_table(out, schema=STEP_LABEL)
+    ids3 = list(zip(t3["traj_id"].to_pylist(), t3["step"].to_pylist()))
+    assert len(ids3) == len(set(ids3)) and ("r0", 1) in ids3 or third["trajectories_errored"] == 1
+
+    # the eval harness on these labels against themselves: perfect scores, full confusion
+    m = eval_critic.run(EvalCriticConfig(labels=out, reference=out))
+    assert m["accuracy"] == 1.0 and m["unlabelled_reference_steps"] == 0
+    assert sum(sum(r.values()) for r in m["confusion"].values()) == t3.num_rows
+
+
+def test_other_critic_refused(ray_session, tiny_qwen2_path, traj_input, tmp_path):
+    out = str(tmp_path / "labels")
+    from pipeline.schema import STEP_LABEL as S
+    import pyarrow as pa
+
+    io.write_table(pa.Table.from_pylist([{
+        "traj_id": "u0", "step": 0, "label": "good", "confidence": 1.0, "reason": None,
+        "critic_model": "another", "prompt_version": "p0", "num_samples": 1, "run_id": "x",
+        "prompt_tokens": 1, "completion_tokens": 1}], schema=S), io.join(out, "part-x.parquet"))
+    with pytest.raises(ValueError, match="another critic"):
+        label.run(LabelConfig(input=traj_input, output=out, critic=tiny_critic(tiny_qwen2_path)))
+
+
+def test_missing_input_fails_at_once(tmp_path, tiny_qwen2_path):
+    with pytest.raises(FileNotFoundError):
+        label.run(LabelConfig(input=str(tmp_path / "nope"), output=str(tmp_path / "o"),
+                              critic=tiny_critic(tiny_qwen2_path)))
