@@ -133,9 +133,8 @@ def confidence_histogram(c: dict, threshold: float) -> bytes:
 
 def threshold_sweep(s: dict, recipes: dict | None) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    styles = {"all": ("k", "-"), "unresolved": ("#e53935", "--"), "unknown": ("#9e9e9e", ":")}
-    names = {"all": "all runs (srft_mix)", "unresolved": "failed runs (srft_unresolved)",
-             "unknown": "runs of unknown outcome"}
+    styles = {"all": ("k", "-"), "unresolved": ("#e53935", "--")}
+    names = {"all": "all runs (srft_mix)", "unresolved": "failed runs (srft_unresolved)"}
     for g, ys in s["fraction_masked"].items():
         color, ls = styles[g]
         ax.plot(s["thresholds"], ys, color=color, linestyle=ls, marker="o", markersize=3,

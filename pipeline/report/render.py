@@ -86,17 +86,18 @@ def markdown(r: dict) -> str:
 
     # 4. sweep
     L += ["## Threshold sweep", ""]
-    L += [(f"As in the build stage, a step of a run that is not resolved is masked (loss mask 0, kept as "
+    L += [(f"As in the build stage, a step of a failed (unresolved) run is masked (loss mask 0, kept as "
           f"context) when its label is in {{{', '.join(s['mask_labels'])}}} and its confidence ≥ `mask.threshold`; "
           "such a run is trained only if every step has a label, and resolved runs are trained whole. "
           f"The fraction is of the trainable {s['unit']} (the assistant messages): **all runs** = resolved + "
           "labelled failed runs (recipe `srft_mix`), **unresolved runs** = labelled failed runs only "
-          "(`srft_unresolved`). Runs of unknown outcome are treated as not resolved."), "",
+          "(`srft_unresolved`). Runs of unknown outcome are left out, as the build stage leaves them out."), "",
           f"**Step size is counted in {s['unit']}:** {s['counting']}.", ""]
     ex = s["excluded_not_fully_labelled"]
     if ex or s["labels_beyond_last_step"] or s["labelled_trajectories_not_in_trajectories"]:
-        L += [(f"Join caveats: {ex.get('unlabelled', 0)} unlabelled and {ex.get('partly_labelled', 0)} partly "
-              f"labelled runs that are not resolved are left out (the build stage excludes them); "
+        L += [(f"Left out, as the build stage leaves them out: {ex.get('resolution_unknown', 0)} runs of unknown "
+              f"outcome, {ex.get('unlabelled', 0)} unlabelled and {ex.get('partly_labelled', 0)} partly labelled "
+              "failed runs. Join caveats: "
               f"{s['labels_beyond_last_step']} labels name a step the trajectory does not have; "
               f"{s['labelled_trajectories_not_in_trajectories']} labelled trajectories are not in the "
               "trajectory table (left out)."), ""]

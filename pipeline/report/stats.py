@@ -128,11 +128,12 @@ def threshold_sweep(rows: list[dict], tokens, thresholds: list[float], mask_labe
                     current: float) -> dict:
     """Fraction of trainable (assistant-message) tokens that the mask removes, per threshold.
 
-    Mirrors the build stage (pipeline/masking/config.py MaskConfig): only steps of runs that are
-    not resolved are masked (label in `mask_labels`, confidence >= threshold); such a run is
-    trained only when every step has a label (mask.unlabeled=exclude). Resolved runs are trained
-    whole. Curves: `all` (resolved + labelled failed/unknown runs, as recipe srft_mix trains),
-    `unresolved` (failed runs only, as srft_unresolved) and `unknown` (outcome unknown) if any.
+    Mirrors the build stage (pipeline/masking/labels.py select): only steps of runs that are not
+    resolved are masked (label in `mask_labels`, confidence >= threshold); such a run is trained
+    only when every step has a label (mask.unlabeled=exclude). Resolved runs are trained whole;
+    runs of unknown outcome are not trained (the build stage excludes them). Curves: `all`
+    (resolved + labelled failed runs, as recipe srft_mix trains) and `unresolved` (the labelled
+    failed runs only, as srft_unresolved).
     """
     by_step = {(r["traj_id"], r["step"]): r for r in rows}
     labelled = {r["traj_id"] for r in rows}
@@ -143,6 +144,9 @@ def threshold_sweep(rows: list[dict], tokens, thresholds: list[float], mask_labe
     for t in sorted(tokens.step_sizes):
         g = _group(tokens.resolved.get(t))
         sizes = tokens.step_sizes[t]
+        if g == "unknown":
+            excluded["resolution_unknown"] += 1
+            continue
         if g != "resolved" and not all((t, k) in by_step for k in range(len(sizes))):
             excluded["partly_labelled" if t in labelled else "unlabelled"] += 1
             continue
@@ -157,8 +161,6 @@ def threshold_sweep(rows: list[dict], tokens, thresholds: list[float], mask_labe
     maskable = np.array(maskable, dtype=bool)
     group = np.array(group, dtype=object)
     selections = {"all": np.ones(size.shape, bool), "unresolved": group == "unresolved"}
-    if (group == "unknown").any():
-        selections["unknown"] = group == "unknown"
     curves, totals, at_current = {}, {}, {}
     for g, sel in selections.items():
         den = int(size[sel].sum())

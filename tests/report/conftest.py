@@ -6,8 +6,8 @@ Trajectories (step sizes in characters of the assistant message):
   t3 failed      5 steps [100, 150+50, 100, 100, 100]  labels good mistake(0.42) unnecessary good good
   t4 unknown     2 steps                               critic error critic_timeout
   t5 failed      2 steps                               critic error unparseable_output
-Failed runs: 2 harmful of 10 labelled steps = 20%. Trainable chars (t4, t5 are unlabelled, so the
-build stage excludes them): 400 + 700 + 600 = 1700; masked 500 (threshold <= 0.42), 300
+Failed runs: 2 harmful of 10 labelled steps = 20%. Trainable chars (the build stage leaves out t4,
+of unknown outcome, and t5, failed but unlabelled): 400 + 700 + 600 = 1700; masked 500 (threshold <= 0.42), 300
 (0.42 < threshold <= 0.83), 0 above.
 """
 

@@ -79,7 +79,8 @@ def test_report_numbers_and_files(report_fixture):
     # sweep in characters: 1700 trainable; 500 masked up to 0.42, 300 up to 0.83, none above
     s = rep["sweep"]
     assert s["unit"] == "characters" and s["trainable_total"] == {"all": 1700, "unresolved": 1300}
-    assert s["excluded_not_fully_labelled"] == {"unlabelled": 2}  # t4, t5: the build stage excludes them
+    # the build stage leaves out t4 (outcome unknown) and t5 (failed, unlabelled)
+    assert s["excluded_not_fully_labelled"] == {"resolution_unknown": 1, "unlabelled": 1}
     curve = dict(zip(s["thresholds"], s["fraction_masked"]["all"]))
     assert curve[0.0] == curve[0.4] == round(500 / 1700, 6)
     assert curve[0.45] == curve[0.5] == curve[0.8] == round(300 / 1700, 6)
