@@ -141,26 +141,34 @@ def bench_fill(real_lengths: list[int]) -> dict:
     }
 
 
-def _tree_rss(pid: int) -> tuple[int, int, int]:
+def _tree_rss(pid: int) -> tuple[int, int, int, dict[str, int], int, int]:
+    """(sum of RSS over the process tree, largest process, driver, largest per process name, sum of
+    USS, largest USS). RSS counts the object store's shared pages in every process that touched them;
+    USS (private memory) does not."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         procs = [root] + root.children(recursive=True)
     except psutil.NoSuchProcess:
-        return 0, 0, 0
-    total = biggest = 0
-    driver = 0
+        return 0, 0, 0, {}, 0, 0
+    total = biggest = driver = uss_total = uss_biggest = 0
+    by_name: dict[str, int] = {}
     for p in procs:
         try:
-            rss = p.memory_info().rss
+            info = p.memory_full_info()
+            rss = info.rss
+            uss_total += info.uss
+            uss_biggest = max(uss_biggest, info.uss)
+            name = "driver" if p.pid == pid else p.name()
         except psutil.NoSuchProcess:
             continue
         total += rss
         biggest = max(biggest, rss)
+        by_name[name] = max(by_name.get(name, 0), rss)
         if p.pid == pid:
             driver = rss
-    return total, biggest, driver
+    return total, biggest, driver, by_name, uss_total, uss_biggest
 
 
 def bench_rss(tok_path: str, rows: list[dict], reps_1x: int, scales: list[int]) -> dict:
@@ -194,12 +202,17 @@ def bench_rss(tok_path: str, rows: list[dict], reps_1x: int, scales: list[int]) 
                f"output={work / 'out'}", f"model={tok_path}", "pack.seq_len=32768", "num_workers=2"]
         t = time.time()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        peak = {"total": 0, "biggest": 0, "driver": 0}
+        peak = {"total": 0, "biggest": 0, "driver": 0, "uss": 0, "uss_biggest": 0}
+        names: dict[str, int] = {}
         stop = threading.Event()
 
         def sample():
             while not stop.is_set():
-                tot, big, drv = _tree_rss(proc.pid)
+                tot, big, drv, by_name, uss, uss_big = _tree_rss(proc.pid)
+                peak["uss"] = max(peak["uss"], uss)
+                peak["uss_biggest"] = max(peak["uss_biggest"], uss_big)
+                for k, v in by_name.items():
+                    names[k] = max(names.get(k, 0), v)
                 peak["total"] = max(peak["total"], tot)
                 peak["biggest"] = max(peak["biggest"], big)
                 peak["driver"] = max(peak["driver"], drv)
@@ -223,6 +236,9 @@ def bench_rss(tok_path: str, rows: list[dict], reps_1x: int, scales: list[int]) 
             "peak_rss_tree_mib": peak["total"] / 2**20,
             "peak_rss_largest_process_mib": peak["biggest"] / 2**20,
             "peak_rss_driver_mib": peak["driver"] / 2**20,
+            "peak_uss_tree_mib": peak["uss"] / 2**20,
+            "peak_uss_largest_process_mib": peak["uss_biggest"] / 2**20,
+            "peak_rss_by_process_name_mib": {k: round(v / 2**20) for k, v in sorted(names.items())},
         }
         shutil.rmtree(work, ignore_errors=True)
     return out
