@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -129,8 +130,12 @@ def run(cfg: LabelConfig) -> dict:
         remote = {"num_cpus": c.num_cpus_per_actor}
         if c.num_gpus_per_actor:
             remote["num_gpus"] = c.num_gpus_per_actor
-        if c.env:
-            remote["runtime_env"] = {"env_vars": dict(c.env)}
+        env_vars = dict(c.env or {})
+        key_env = c.openai.api_key_env
+        if c.backend == "openai" and key_env and os.environ.get(key_env):
+            env_vars[key_env] = os.environ[key_env]  # forwarded to the actors, never into config/output
+        if env_vars:
+            remote["runtime_env"] = {"env_vars": env_vars}
         ds = ds.map_batches(
             CriticActor,
             fn_constructor_kwargs={"critic": dataclasses.asdict(c)},
