@@ -33,21 +33,35 @@ def traj_input(tmp_path_factory):
     return write_trajectories(rows, str(root / "trajectories"))
 
 
+def _seed_label(out: str, traj_id: str, steps: int, critic_model: str) -> None:
+    """A shard as an interrupted earlier run of the same critic would have left it."""
+    import pyarrow as pa
+
+    rows = [{"traj_id": traj_id, "step": k, "label": "good", "confidence": 1.0, "reason": "earlier run",
+             "critic_model": critic_model, "prompt_version": PROMPT_VERSION, "num_samples": 1,
+             "run_id": "earlier", "prompt_tokens": 1, "completion_tokens": 1} for k in range(steps)]
+    io.write_table(pa.Table.from_pylist(rows, schema=STEP_LABEL), io.join(out, "part-earlier-00000.parquet"))
+
+
 def test_label_resume_and_eval(ray_session, tiny_qwen2_path, traj_input, tmp_path):
     out = str(tmp_path / "labels")
     cfg = LabelConfig(input=traj_input, output=out, critic=tiny_critic(tiny_qwen2_path), rows_per_shard=5)
+    _seed_label(out, "u0", 2, label.critic_name(cfg))  # resume: u0 is already done
     s = label.run(cfg)
-    # default: unresolved and unknown-outcome trajectories only
-    assert s["rows_in"] == 6 and s["skipped_resolved"] == 1 and s["trajectories_selected"] == 5
-    assert s["trajectories_labelled"] + s["trajectories_errored"] == 5
+    # default: unresolved and unknown-outcome trajectories only; u0 skipped as already labelled
+    assert s["rows_in"] == 6 and s["skipped_resolved"] == 1 and s["skipped_already_labelled"] == 1
+    assert s["trajectories_selected"] == 4
+    assert s["trajectories_labelled"] + s["trajectories_errored"] == 4
     assert s["error_reasons"].get("no_steps") == 1
+    assert s["calls_per_trajectory"] >= 0.75  # one call per trajectory, the no_steps one needs none
     t = pq.read_table(out, schema=STEP_LABEL)
     assert t.schema.metadata[b"srft.table"] == b"step_label"
     labelled = set(t["traj_id"].to_pylist())
     assert "r0" not in labelled and "nosteps" not in labelled
+    assert t.filter(pa_eq(t["traj_id"], "u0"))["run_id"].to_pylist() == ["earlier"] * 2  # not redone
     # one row per (traj_id, step), every step of every labelled trajectory present
     pairs = list(zip(t["traj_id"].to_pylist(), t["step"].to_pylist()))
-    assert len(pairs) == len(set(pairs)) == s["rows_out"]
+    assert len(pairs) == len(set(pairs)) == s["rows_out"] + 2
     steps = {"u0": 2, "u1": 3, "u2": 4, "unknown0": 3}
     for tid in labelled:
         assert sorted(st for x, st in pairs if x == tid) == list(range(steps[tid]))
@@ -59,26 +73,29 @@ def test_label_resume_and_eval(ray_session, tiny_qwen2_path, traj_input, tmp_pat
     assert errs.num_rows == s["trajectories_errored"] and "nosteps" in errs["traj_id"].to_pylist()
     assert io.exists(io.join(out, "_summary.json"))
 
-    # Re-run: idempotent, nothing new (no engine starts: nothing is selected)
-    again = label.run(cfg)
-    assert again["trajectories_selected"] == s["trajectories_errored"]  # errors are retried ...
-    assert again["skipped_already_labelled"] == len(labelled)
-    t2 = pq.read_table(out, schema=STEP_LABEL)
-    assert t2.num_rows == t.num_rows  # ... labelled ones never duplicated
-
-    # label_resolved=true labels the resolved one too, and only that (plus retried errors)
-    cfg.critic.label_resolved = True
+    # Re-run without retrying errors: idempotent, nothing selected, so no engine starts
     cfg.retry_errors = False
-    third = label.run(cfg)
-    assert third["trajectories_selected"] == 1 and third["skipped_previous_error"] >= 1
-    t3 = pq.read_table(out, schema=STEP_LABEL)
-    ids3 = list(zip(t3["traj_id"].to_pylist(), t3["step"].to_pylist()))
-    assert len(ids3) == len(set(ids3)) and ("r0", 1) in ids3 or third["trajectories_errored"] == 1
+    again = label.run(cfg)
+    assert again["trajectories_selected"] == 0 and again["skipped_already_labelled"] == len(labelled)
+    assert again["skipped_previous_error"] == s["trajectories_errored"]
+    assert pq.read_table(out, schema=STEP_LABEL).num_rows == t.num_rows
+    assert io.read_table(io.join(out, "_errors"), LABEL_ERROR).num_rows == errs.num_rows
+
+    # Selection only (limit=0: nothing runs): errors are retried by default, label_resolved adds r0
+    cfg.retry_errors, cfg.limit, cfg.critic.label_resolved = True, 0, True
+    sel = label.run(cfg)
+    assert sel["skipped_resolved"] == 0 and sel["skipped_limit"] == 1 + s["trajectories_errored"]
 
     # the eval harness on these labels against themselves: perfect scores, full confusion
     m = eval_critic.run(EvalCriticConfig(labels=out, reference=out))
     assert m["accuracy"] == 1.0 and m["unlabelled_reference_steps"] == 0
-    assert sum(sum(r.values()) for r in m["confusion"].values()) == t3.num_rows
+    assert sum(sum(r.values()) for r in m["confusion"].values()) == t.num_rows
+
+
+def pa_eq(col, value):
+    import pyarrow.compute as pc
+
+    return pc.equal(col, value)
 
 
 def test_other_critic_refused(ray_session, tiny_qwen2_path, traj_input, tmp_path):
