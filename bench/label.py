@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
     from pipeline.models import qwen_tokenizer, tiny_qwen2
 
     lines = ["# Label stage benchmark", "",
-             f"Command: `.venv/bin/python -m bench.label {' '.join(argv)}`".rstrip() + f"  ",
+             f"Command: `.venv/bin/python -m bench.label {' '.join(argv)}`".rstrip() + "  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs), "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
     if SHARED.exists():

@@ -50,7 +50,7 @@ def _select(batch: pa.Table, ids: set[str]) -> pa.Table:
 
 
 def _read_keys(cfg: LabelConfig) -> pa.Table:
-    fs, path = io.filesystem(cfg.input)
+    fs, _ = io.filesystem(cfg.input)
     files = io.list_files(cfg.input, (".parquet",))
     if not files:
         raise FileNotFoundError(f"input {cfg.input!r} holds no trajectory .parquet shards")
@@ -121,7 +121,7 @@ def run(cfg: LabelConfig) -> dict:
     written: set[str] = set()
     if selected:
         init_ray()
-        fs, path = io.filesystem(cfg.input)
+        fs, _ = io.filesystem(cfg.input)
         ds = ray.data.read_parquet(
             [io.filesystem(f)[1] for f in files], filesystem=fs, columns=_INPUT_COLUMNS,
             schema=pa.schema([TRAJECTORY.field(n) for n in _INPUT_COLUMNS]),

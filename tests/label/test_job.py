@@ -100,8 +100,9 @@ def pa_eq(col, value):
 
 def test_other_critic_refused(ray_session, tiny_qwen2_path, traj_input, tmp_path):
     out = str(tmp_path / "labels")
-    from pipeline.schema import STEP_LABEL as S
     import pyarrow as pa
+
+    from pipeline.schema import STEP_LABEL as S
 
     io.write_table(pa.Table.from_pylist([{
         "traj_id": "u0", "step": 0, "label": "good", "confidence": 1.0, "reason": None,
