@@ -223,6 +223,7 @@ def build(
                 # Sum (not average) gradients over ranks: the loss is already divided by the
                 # global trainable-token count.
                 m.set_gradient_divide_factor(1.0)
+                m.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
     init_device = "cpu" if cpu_offload else device
     model.to_empty(device=init_device)
     if mesh is None and getattr(config, "tie_word_embeddings", False):
