@@ -73,7 +73,7 @@ def _label_index(cfg: BuildConfig) -> tuple[pa.Table, dict]:
     fs, paths = _parquet_files(cfg.labels, STEP_LABEL, "step-label")
     if not paths:
         raise FileNotFoundError(f"labels {cfg.labels!r} holds no .parquet shards")
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=LABEL_COLUMNS).map_batches(
+    ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(LABEL_COLUMNS).map_batches(
         compact, batch_format="pyarrow", fn_kwargs={"labels": list(cfg.mask.labels), "threshold": cfg.mask.threshold}
     )
     parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
@@ -122,7 +122,7 @@ def run(cfg: BuildConfig) -> dict:
         index_ref = [ray.put(index)]
         del index
 
-    records = ray.data.read_parquet(paths, filesystem=fs, columns=TRAJ_COLUMNS).map_batches(
+    records = ray.data.read_parquet(paths, filesystem=fs).select_columns(TRAJ_COLUMNS).map_batches(
         BuildWorker,
         fn_constructor_kwargs={"cfg": cfg, "index_ref": index_ref},
         batch_size=cfg.batch_size,
