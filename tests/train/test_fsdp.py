@@ -174,7 +174,7 @@ def _train_worker(rank, world, model_path, out, steps):
         m = train_step(model, opt, sched, mbs, torch.device("cpu"), 1.0, counts["matmul"],
                        (int(counts["layers"]), int(counts["attn_dim"])))
         losses.append(m["loss"])
-    probe = _batch(make_rows(1, seed=9), [0])
+    probe = _batch(make_rows(1, seed=9, docs=(1, 1)), [0])  # one document: plain causal
     model.eval()
     with torch.no_grad():
         model.unshard()  # the root's params (embedding, lm_head): we call the inner HF model directly
