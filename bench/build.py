@@ -206,7 +206,7 @@ def bench_rss(tok_path: str, rows: list[dict], reps_1x: int, scales: list[int]) 
         names: dict[str, int] = {}
         stop = threading.Event()
 
-        def sample():
+        def sample(proc=proc, stop=stop, peak=peak, names=names):
             while not stop.is_set():
                 tot, big, drv, by_name, uss, uss_big = _tree_rss(proc.pid)
                 peak["uss"] = max(peak["uss"], uss)

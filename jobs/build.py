@@ -78,7 +78,7 @@ def _label_index(cfg: BuildConfig) -> tuple[pa.Table, dict]:
     )
     parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
     table = pa.concat_tables(parts) if parts else pa.table({})
-    index, duplicates = index_from_compact(table if parts else table)
+    index, duplicates = index_from_compact(table)
     masked = int(pa.compute.sum(pa.compute.list_value_length(index["masked_steps"])).as_py() or 0)
     return index, {
         "label_rows": table.num_rows if parts else 0,

@@ -33,11 +33,11 @@ class PackConfig:
 @dataclass
 class BuildConfig:
     trajectories: str = MISSING  # TRAJECTORY shards (ingest output); local, s3:// or hf://
-    labels: Optional[str] = None  # STEP_LABEL shards (label output); required by srft_* recipes
+    labels: Optional[str] = None  # noqa: UP045 - OmegaConf needs Optional; STEP_LABEL shards (label output); required by srft_* recipes
     output: str = MISSING  # TRAINING_ROW shards; _errors/, _excluded/, _summary.json beside them
     model: str = MISSING  # the student: a folder or URI holding its tokenizer and chat template
-    chat_template: Optional[str] = None  # a .jinja file that replaces the model's own template
-    end_of_turn: Optional[str] = None  # end-of-turn token; default: found from the template
+    chat_template: Optional[str] = None  # noqa: UP045 - OmegaConf needs Optional; a .jinja file that replaces the model's own template
+    end_of_turn: Optional[str] = None  # noqa: UP045 - OmegaConf needs Optional; end-of-turn token; default: found from the template
     recipe: str = "srft_mix"  # rft | unresolved_nomask | srft_unresolved | srft_mix
     max_seq_len: int = 32768
     overlong: str = "truncate"  # truncate (at a step boundary) | drop

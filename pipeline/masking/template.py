@@ -118,7 +118,7 @@ def probe_template(tok, end_of_turn: str | None = None) -> TemplateInfo:
     for n, probe in enumerate(_probes()):
         try:
             full = _render(tok, probe)
-        except Exception as e:  # noqa: BLE001 - a template may refuse a shape (tools); data then errors per row
+        except Exception as e:  # a template may refuse a shape (tools); such data then errors per row
             if n == 0:
                 raise ChatTemplateError(f"the chat template cannot render a plain conversation: {e}") from e
             continue

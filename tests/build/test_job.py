@@ -41,7 +41,7 @@ def inputs(real_rows, tmp_path_factory):
 def test_build_srft_mix_packed_to_s3(ray_session, s3_bucket, inputs, builder):
     from jobs.build import run
 
-    root, rows, labelled, unlabeled_id = inputs
+    root, rows, _labelled, unlabeled_id = inputs
     out = f"{s3_bucket}/train_rows"
     cfg = BuildConfig(
         trajectories=str(root / "traj"), labels=str(root / "labels"), output=out,
