@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from jobs._cli import stage_main
 from pipeline import io
-from pipeline.config import load_config, redacted
+from pipeline.config import redacted
 from pipeline.masking.builder import MaskBuilder
 from pipeline.masking.config import LABEL_RECIPES, BuildConfig, token_limit, validate
 from pipeline.masking.labels import LABEL_COLUMNS, compact, index_from_compact
@@ -235,12 +236,13 @@ def run(cfg: BuildConfig) -> dict:
     return summary
 
 
+def inputs(cfg: BuildConfig) -> dict[str, str | None]:
+    return {"trajectories": cfg.trajectories, "labels": cfg.labels, "model": cfg.model,
+            "chat_template": cfg.chat_template}
+
+
 def main(argv: list[str]) -> dict:
-    cfg = load_config(BuildConfig, "build", argv)
-    summary = run(cfg)
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
-    assert summary["rows_in"] == summary["documents_out"] + summary["rows_errored"] + summary["rows_excluded"]
-    return summary
+    return stage_main("build", BuildConfig, run, inputs, argv)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,10 @@ def moto_s3():
         else:
             os.environ[k] = v
     proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 @pytest.fixture
