@@ -71,6 +71,7 @@ def test_two_worker_run_lowers_loss_checkpoints_to_s3_and_exports(uninterrupted,
     assert names == [".metadata", "__0_0.distcp", "__1_0.distcp", "rng-0.pt", "rng-1.pt", "train_state.json"]
     # The HF export loads with transformers as-is
     fs, path = io.filesystem(io.join(output, "hf"))
+    (tmp_path / "hf").mkdir()
     pafs.copy_files(path, str(tmp_path / "hf"), source_filesystem=fs)
     lm = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     AutoTokenizer.from_pretrained(tmp_path / "hf")
