@@ -9,7 +9,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,13 +23,26 @@ from tests.conftest import REPO, _free_port
 RAY = str(Path(sys.executable).parent / "ray")
 
 
+def _env() -> dict[str, str]:
+    """Head and client share one token: Ray 2.60 enables token auth, and this must not depend on
+    whatever ~/.ray/auth_token the machine happens to have."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=_TOKEN)
+    # The job's `python` is this environment's, as with an activated venv.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+_TOKEN = uuid.uuid4().hex
+
+
 @pytest.fixture
 def local_head():
     """`ray start --head --block` in its own process group, stopped by signal: `ray stop` would
     also stop every other Ray on this machine."""
     tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     port, dashboard = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = _env()
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
@@ -39,6 +54,8 @@ def local_head():
     while True:
         try:
             urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except urllib.error.HTTPError:  # it answers (e.g. 401 before auth): it is up
             break
         except Exception:
             if time.time() > deadline or head.poll() is not None:
@@ -57,13 +74,17 @@ def local_head():
 @pytest.mark.slow
 def test_ingest_submitted_as_ray_job(local_head, tmp_path):
     out = tmp_path / "trajectories"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    job = subprocess.run(
-        [RAY, "job", "submit", "--address", local_head, "--working-dir", ".",
-         "--runtime-env", "cluster/runtime_env.yaml", "--",
-         "python", "-m", "jobs.ingest", f"output={out}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
+    env = _env()
+    for _ in range(10):  # the dashboard answers a little before the job agent has registered
+        job = subprocess.run(
+            [RAY, "job", "submit", "--address", local_head, "--working-dir", ".",
+             "--runtime-env", "cluster/runtime_env.yaml", "--",
+             "python", "-m", "jobs.ingest", f"output={out}"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        )
+        if "No available agent" not in job.stderr:
+            break
+        time.sleep(5)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "succeeded" in (job.stdout + job.stderr).lower()
     assert io.read_table(str(out), TRAJECTORY).num_rows == 6
