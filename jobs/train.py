@@ -51,7 +51,7 @@ def run(cfg: TrainConfig) -> dict:
     ds = read_rows(cfg.data)
     total_rows = ds.count()
     s, t = cfg.scaling, cfg.train
-    per_epoch, steps = total_steps(total_rows, s.num_workers, t.micro_batch_size, t.grad_accum, t.epochs, t.max_steps)
+    _, steps = total_steps(total_rows, s.num_workers, t.micro_batch_size, t.grad_accum, t.epochs, t.max_steps)
     storage_path, storage_fs = storage(cfg)
     resources = {"CPU": s.cpus_per_worker}
     if s.use_gpu:

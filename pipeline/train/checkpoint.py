@@ -15,14 +15,13 @@ import os
 import random
 import shutil
 import tempfile
-from typing import Optional
 
 import numpy as np
 import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-import torch.nn as nn
+from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from pipeline import io
@@ -86,7 +85,7 @@ def new_local_dir() -> str:
 # --------------------------------------------------------------------------------------------
 
 def export_hf(lm: nn.Module, source_dir: str, output_uri: str, dtype: torch.dtype,
-              shard_bytes: int = 5_000_000_000, run_id: str = "export") -> Optional[str]:
+              shard_bytes: int = 5_000_000_000, run_id: str = "export") -> str | None:
     """Write `lm` as a HF model folder at `output_uri` (config, tokenizer, safetensors shards +
     index), loadable as-is by transformers and vLLM. Collective: parameters are gathered one at
     a time (DTensor.full_tensor) so no rank holds more than one full tensor plus rank 0's current

@@ -8,7 +8,6 @@ The dataclass defaults are the production recipe (SWE-smith's 32B fine-tune: lr 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from omegaconf import MISSING
 
@@ -70,7 +69,7 @@ class TrainConfig:
     data: str = MISSING  # TRAINING_ROW Parquet: file or folder, local or s3://
     model: str = MISSING  # HF model folder (config, safetensors, tokenizer), local or s3://
     output: str = MISSING  # <output>/hf (export), metrics.jsonl, _summary.json, _checkpoints/
-    checkpoint_storage: Optional[str] = None  # Ray Train storage_path; default <output>/_checkpoints
-    run_name: Optional[str] = None  # Ray Train run name; a run of the same name resumes. Default: srft-train
+    checkpoint_storage: str | None = None  # Ray Train storage_path; default <output>/_checkpoints
+    run_name: str | None = None  # Ray Train run name; a run of the same name resumes. Default: srft-train
     train: TrainParams = field(default_factory=TrainParams)
     scaling: ScalingParams = field(default_factory=ScalingParams)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class MicroBatch:
     def num_targets(self) -> int:
         return int((self.labels != IGNORE).sum())
 
-    def to(self, device: torch.device) -> "MicroBatch":
+    def to(self, device: torch.device) -> MicroBatch:
         return MicroBatch(
             self.input_ids.to(device, non_blocking=True),
             self.position_ids.to(device, non_blocking=True),

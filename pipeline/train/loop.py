@@ -24,7 +24,7 @@ import os
 import resource
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -47,7 +47,7 @@ class Dist:
     device: torch.device
 
 
-def dist_context(device: Optional[torch.device] = None) -> Dist:
+def dist_context(device: torch.device | None = None) -> Dist:
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -188,7 +188,7 @@ class LocalReporter(Reporter):
                 open(os.path.join(d, ".complete"), "w").close()
 
 
-def run(cfg: TrainConfig, source: Source, total_rows: int, reporter: Reporter, ctx: Optional[Dist] = None,
+def run(cfg: TrainConfig, source: Source, total_rows: int, reporter: Reporter, ctx: Dist | None = None,
         run_id: str = "train") -> dict:
     """Train on this rank. Every rank runs exactly `total` steps (from the global row count)."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -293,9 +293,8 @@ def run(cfg: TrainConfig, source: Source, total_rows: int, reporter: Reporter, c
 
 def ray_train_loop(loop_config: dict) -> None:
     """`train_loop_per_worker` of the TorchTrainer (jobs/train.py)."""
-    from omegaconf import OmegaConf
-
     import ray.train.torch
+    from omegaconf import OmegaConf
 
     from pipeline.train.data import ray_source
 

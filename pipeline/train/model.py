@@ -16,12 +16,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pipeline.train.data import IGNORE, MicroBatch
@@ -190,7 +189,7 @@ def build(
     cpu_offload: bool = False,
     compile: bool = False,
     ce_chunk_tokens: int = 4096,
-    weights: Optional[str] = None,  # local HF folder with *.safetensors; None = random init
+    weights: str | None = None,  # local HF folder with *.safetensors; None = random init
     seed: int = 0,
 ) -> CausalLMLoss:
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
@@ -302,7 +301,7 @@ def local_model_path(uri: str) -> str:
     from pipeline import io
 
     if "://" not in uri or uri.startswith("file://"):
-        return uri[len("file://"):] if uri.startswith("file://") else uri
+        return uri.removeprefix("file://")
     import hashlib
 
     import pyarrow.fs as pafs

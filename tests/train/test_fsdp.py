@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pipeline.train import checkpoint as ckpt
+from pipeline.train.config import TrainParams
 from pipeline.train.data import collate
 from pipeline.train.loop import forward_backward, lr_lambda, make_optimizer, train_step
 from pipeline.train.model import build, num_params, packed_logits
-from pipeline.train.config import TrainParams
 from tests.train.helpers import make_rows, spawn
 
 ROWS = 8

@@ -41,7 +41,7 @@ def _rows(tokenizer_path, n: int) -> dict:
             full = tok.apply_chat_template(msgs, tokenize=True)
             full = full["input_ids"] if isinstance(full, dict) else list(full)
             new = full[len(ids):]
-            trained = conv[i][0] == "assistant" and not (k == 1)  # the 2nd assistant step is a mistake
+            trained = conv[i][0] == "assistant" and k != 1  # the 2nd assistant step is a mistake
             if conv[i][0] == "assistant":
                 k += 1
             ids += new
