@@ -23,8 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from jobs._cli import stage_main
 from pipeline import io
-from pipeline.config import load_config, redacted
+from pipeline.config import redacted
 from pipeline.critic.actor import CriticActor
 from pipeline.critic.config import LabelConfig, confidence_mode, validate
 from pipeline.critic.prompt import PROMPT_VERSION
@@ -223,20 +224,21 @@ def run(cfg: LabelConfig) -> dict:
     missing = len(selected) - labelled - errored
     if missing:  # every selected trajectory must come back as labels or an error
         summary["trajectories_lost"] = missing
+    accounted = (summary["trajectories_labelled"] + summary["trajectories_errored"] + summary["skipped_resolved"]
+                 + summary["skipped_already_labelled"] + summary["skipped_previous_error"]
+                 + summary["skipped_limit"] + summary["duplicate_in_input"])
+    if accounted != summary["rows_in"]:
+        raise RuntimeError(f"label counts do not add up: {accounted} accounted != {summary['rows_in']} in")
     io.write_bytes(io.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2).encode())
     return summary
 
 
+def inputs(cfg: LabelConfig) -> dict[str, str | None]:
+    return {"input": cfg.input, "critic_model": cfg.critic.model}
+
+
 def main(argv: list[str]) -> dict:
-    cfg = load_config(LabelConfig, "label", argv)
-    summary = run(cfg)
-    printable = {k: v for k, v in summary.items() if k not in ("config", "label_shards", "error_shards")}
-    print(json.dumps(printable, indent=2))
-    accounted = (summary["trajectories_labelled"] + summary["trajectories_errored"] + summary["skipped_resolved"]
-                 + summary["skipped_already_labelled"] + summary["skipped_previous_error"]
-                 + summary["skipped_limit"] + summary["duplicate_in_input"])
-    assert accounted == summary["rows_in"], f"counts do not add up: {accounted} != {summary['rows_in']}"
-    return summary
+    return stage_main("label", LabelConfig, run, inputs, argv)
 
 
 if __name__ == "__main__":

