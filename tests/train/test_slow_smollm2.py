@@ -38,8 +38,8 @@ def _rows(tokenizer_path, n: int) -> dict:
         ids, mask, k = [], [], 0
         for i in range(len(conv)):  # tokens of message i = template(conv[:i+1]) minus template(conv[:i])
             msgs = [{"role": role, "content": text} for role, text in conv[:i + 1]]
-            full = tok.apply_chat_template(msgs, tokenize=True)
-            full = full["input_ids"] if isinstance(full, dict) else list(full)
+            text = tok.apply_chat_template(msgs, tokenize=False)
+            full = tok(text, add_special_tokens=False)["input_ids"]
             new = full[len(ids):]
             trained = conv[i][0] == "assistant" and k != 1  # the 2nd assistant step is a mistake
             if conv[i][0] == "assistant":
