@@ -116,10 +116,11 @@ def attention_inputs(lm: nn.Module, mb: MicroBatch) -> dict:
     elif impl != "sdpa":
         raise ValueError(f"attn_implementation {impl!r} is not supported for packed rows "
                          "(use flash_attention_2, flash_attention_3, sdpa or eager)")
-    mapping = {"full_attention": mask}
     if getattr(lm.get_decoder(), "has_sliding_layers", False):
-        mapping["sliding_attention"] = mask  # documents shorter than the window: same mask
-    return {"attention_mask": mapping}
+        # Models with per-layer-type masks (Qwen2 with sliding layers) take a mapping; documents
+        # shorter than the window get the same mask.
+        return {"attention_mask": {"full_attention": mask, "sliding_attention": mask}}
+    return {"attention_mask": mask}  # a 4-D mask is used as-is by create_causal_mask (Qwen2, Llama, ...)
 
 
 def hidden_states(lm: nn.Module, mb: MicroBatch) -> torch.Tensor:
