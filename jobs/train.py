@@ -16,8 +16,9 @@ import sys
 
 import ray
 
+from jobs._cli import stage_main
 from pipeline import io
-from pipeline.config import load_config, redacted
+from pipeline.config import redacted
 from pipeline.runtime import init_ray, new_run_id
 from pipeline.schema import TRAINING_ROW
 from pipeline.train.config import TrainConfig
@@ -92,11 +93,12 @@ def _loop(loop_config: dict) -> None:
     ray_train_loop(loop_config)
 
 
+def inputs(cfg: TrainConfig) -> dict[str, str | None]:
+    return {"data": cfg.data, "model": cfg.model}
+
+
 def main(argv: list[str]) -> dict:
-    cfg = load_config(TrainConfig, "train", argv)
-    summary = run(cfg)
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
-    return summary
+    return stage_main("train", TrainConfig, run, inputs, argv)
 
 
 if __name__ == "__main__":
