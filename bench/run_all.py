@@ -16,8 +16,13 @@ benchmark into `bench/results/<name>.md`; this file is assembled from them.
 """
 
 
+def _demote(markdown: str) -> str:
+    """Each section's headings one level down, under this file's title."""
+    return "\n".join("#" + line if line.startswith("#") else line for line in markdown.splitlines())
+
+
 def assemble() -> None:
-    sections = [p.read_text().strip() for p in sorted((BENCH / "results").glob("*.md"))]
+    sections = [_demote(p.read_text().strip()) for p in sorted((BENCH / "results").glob("*.md"))]
     (BENCH.parent / "BENCHMARKS.md").write_text(HEADER + "\n\n" + "\n\n".join(sections) + "\n")
 
 
