@@ -18,9 +18,10 @@ def stage_main(
     argv: list[str],
 ) -> dict:
     """``python -m jobs.<stage> [config=PRESET] [key=value ...]``: an explicit run always runs
-    (the pipeline driver is what skips complete stages), and leaves a manifest."""
+    (the pipeline driver is what skips complete stages), and leaves a manifest. Returns the
+    stage summary."""
     cfg = load_config(config_cls, stage, argv)
     manifest = run_stage(stage, cfg, inputs(cfg), cfg.output, run, force=True)
     print(json.dumps(manifest["summary"], indent=2, default=str))
     print(f"[{stage}] output: {cfg.output}")
-    return manifest
+    return manifest["summary"]
