@@ -47,6 +47,10 @@ def run(cfg: TrainConfig) -> dict:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    # Train workers do not run in this working directory.
+    cfg = dataclasses.replace(cfg, data=io.absolute(cfg.data), model=io.absolute(cfg.model),
+                              output=io.absolute(cfg.output),
+                              checkpoint_storage=cfg.checkpoint_storage and io.absolute(cfg.checkpoint_storage))
     init_ray()
     run_id = new_run_id()
     ds = read_rows(cfg.data)

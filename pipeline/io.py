@@ -47,6 +47,12 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     raise ValueError(f"unsupported URI scheme {scheme!r} in {uri!r} (use a local path, s3:// or hf://)")
 
 
+def absolute(uri: str) -> str:
+    """A local relative path made absolute against this (the driver's) working directory, for
+    URIs handed to Ray workers, which run elsewhere; other URIs unchanged."""
+    return os.path.abspath(uri) if urlparse(uri).scheme == "" else uri
+
+
 def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri.rstrip("/"), *parts)
 
