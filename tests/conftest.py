@@ -74,17 +74,22 @@ def moto_s3():
         proc.kill()
 
 
-@pytest.fixture
-def s3_bucket(moto_s3) -> str:
-    """A fresh bucket; returns its s3:// URI."""
+def make_bucket(moto_endpoint: str) -> str:
+    """A fresh bucket on the moto server; returns its s3:// URI."""
     import uuid
 
     import pyarrow.fs as pafs
 
     name = f"srft-{uuid.uuid4().hex[:10]}"
-    fs = pafs.S3FileSystem(endpoint_override=moto_s3.split("://")[1], scheme="http", region="us-east-1", allow_bucket_creation=True)
+    fs = pafs.S3FileSystem(endpoint_override=moto_endpoint.split("://")[1], scheme="http", region="us-east-1",
+                           allow_bucket_creation=True)
     fs.create_dir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture
+def s3_bucket(moto_s3) -> str:
+    return make_bucket(moto_s3)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline import io
+from tests.conftest import make_bucket
 from tests.train.helpers import make_rows, write_rows
 
 STEPS = ["train.max_steps=6", "train.epochs=2", "train.micro_batch_size=2", "train.grad_accum=2",
@@ -42,12 +43,7 @@ def uninterrupted(ray_session, s3_bucket_module, rows_uri, small_qwen2_path):
 
 @pytest.fixture(scope="module")
 def s3_bucket_module(moto_s3):
-    import pyarrow.fs as pafs
-
-    name = f"srft-{uuid.uuid4().hex[:10]}"
-    pafs.S3FileSystem(endpoint_override=moto_s3.split("://")[1], scheme="http", region="us-east-1",
-                     allow_bucket_creation=True).create_dir(name)
-    return f"s3://{name}"
+    return make_bucket(moto_s3)
 
 
 def test_two_worker_run_lowers_loss_checkpoints_to_s3_and_exports(uninterrupted, tmp_path):
