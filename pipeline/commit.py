@@ -56,15 +56,20 @@ Locks: ``_lock.json`` is created exclusively (local: ``O_CREAT|O_EXCL``; S3: a c
 ``If-None-Match: *``, which AWS S3 and moto honour), refreshed by a heartbeat thread every ttl/4
 (S3: ``If-Match`` on the lock's ETag), checked again just before the commit record is written, and
 deleted at the end. A lock whose heartbeat is older than its ttl (default 120 s,
-``SRFT_LOCK_TTL_S``) belonged to a killed run and is taken over: locally by renaming it aside and
-checking it was the stale one; on S3 by a PUT with ``If-Match`` on the stale lock's ETag, so of two
-runs breaking it at once only one wins. On an S3-compatible store that ignores conditional
+``SRFT_LOCK_TTL_S``) belonged to a killed run and is taken over, so that of several runs breaking it
+at once only one wins and a lock whose heartbeat is on time is never broken: locally, a refresh,
+release or break re-reads the lock while holding ``_lock.json.mutex`` (a ``flock``, which the kernel
+drops when its holder dies) and acts only if it still finds its token (refresh, release) or the
+lock still expired (break, which deletes it and creates its own with ``O_EXCL``); on S3 by a PUT
+with ``If-Match`` on the stale lock's ETag. On an S3-compatible store that ignores conditional
 headers the lock is best effort: it is read back after writing and the run refuses if the token is
 not its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import posixpath
@@ -421,8 +426,64 @@ class Lock:
         return LockHeld(f"output {self.root} is being written by {who}. Wait for it to finish{tail}.")
 
     # Local disk --------------------------------------------------------------------------------
+    #
+    # Invariant: at most one run holds an unexpired lock, and a lock that is refreshed within its
+    # ttl is never broken. `_lock.json` comes into being only through O_CREAT|O_EXCL (of any number
+    # of creators exactly one succeeds while it is absent); every other change to it (refresh,
+    # release, break) happens while holding `_lock.json.mutex` and only after re-reading the lock
+    # under it: a refresh or release only if the token is still this run's, a break only if the
+    # lock is still expired. So no decision acts on a read another writer has made stale.
+    #
+    # The old break (rename the stale lock aside, then check that what was moved is the stale one,
+    # else put it back) had no such mutex, and gave two winners (test_lock, ~1 trial in 10):
+    #   A, B, C read the stale lock S.  A renames S aside, unlinks it, creates its lock LA: A wins.
+    #   B, which read S before A moved it, renames `_lock.json` (now LA!) aside, reads it: not S.
+    #   C renames: nothing there (B holds LA aside); C creates LC: C wins.
+    #   B's put-back of LA (os.link) fails as LC exists; B drops LA and refuses. A and C both hold.
+    # (Even with one breaker fewer, the put-back left a window with no lock file at all.)
+    #
+    # The mutex is a `flock` on `_lock.json.mutex`: the kernel drops it when its holder dies, so it
+    # never goes stale. flock (unlike fcntl record locks) also excludes the threads of one process
+    # when each opens the file itself. Its holder unlinks the file before unlocking it; a waiter that
+    # then gets the lock on the unlinked inode sees the path no longer names its inode and opens
+    # the path again. It is held for a few syscalls at a time; a holder stopped for MUTEX_WAIT_S
+    # makes acquire refuse and a heartbeat skip a beat.
+
+    MUTEX_WAIT_S = 10.0
+
     def _local_path(self) -> str:
         return io.filesystem(self.uri)[1]
+
+    @contextlib.contextmanager
+    def _local_mutex(self, path: str):
+        mutex = f"{path}.mutex"
+        deadline = time.monotonic() + self.MUTEX_WAIT_S
+        pause = 0.0005
+        while True:
+            fd = os.open(mutex, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{mutex} has been locked for over {self.MUTEX_WAIT_S:.0f}s by another "
+                                       f"process (a stopped one?)") from None
+                time.sleep(pause)
+                pause = min(2 * pause, 0.02)
+                continue
+            try:
+                st = os.stat(mutex)
+                mine = (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+            except FileNotFoundError:
+                mine = False
+            if mine:
+                break
+            os.close(fd)  # we locked a mutex file its last holder had unlinked: open the path again
+        try:
+            yield
+        finally:
+            os.unlink(mutex)  # still locked: nobody can be using the file at this path but us
+            os.close(fd)
 
     def _local_read(self, path: str) -> tuple[dict | None, float | None]:
         try:
@@ -450,50 +511,47 @@ class Lock:
     def _local_acquire(self) -> None:
         path = self._local_path()
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        for _ in range(3):
-            if self._local_create(path):
-                return
-            held, mtime = self._local_read(path)
-            if mtime is None:
-                continue  # released between our tries
-            if not self._expired(held, mtime):
-                raise self._refuse(held)
-            # Break the stale lock: move it aside, and check that what we moved is the stale one.
-            aside = f"{path}.stale-{uuid.uuid4().hex}"
-            try:
-                os.rename(path, aside)
-            except FileNotFoundError:
-                continue
-            moved, _ = self._local_read(aside)
-            if (moved or {}).get("token") != (held or {}).get("token"):
-                try:  # we moved a fresh lock of a faster breaker: put it back
-                    os.link(aside, path)
-                except FileExistsError:
-                    pass
-                os.unlink(aside)
-                raise self._refuse(moved)
-            os.unlink(aside)
-        raise self._refuse(self._local_read(path)[0])
+        if self._local_create(path):
+            return
+        held, mtime = self._local_read(path)
+        if mtime is not None and not self._expired(held, mtime):
+            raise self._refuse(held)  # a live lock: refused without taking the mutex
+        try:
+            with self._local_mutex(path):
+                held, mtime = self._local_read(path)  # again, under the mutex: this read is the truth
+                if mtime is not None:
+                    if not self._expired(held, mtime):
+                        raise self._refuse(held)  # refreshed, or broken and re-taken, since our first read
+                    os.unlink(path)  # stale, and nobody can refresh, release or break it meanwhile
+                if self._local_create(path):
+                    return
+        except TimeoutError as e:
+            raise LockHeld(f"output {self.root} is being taken over by another run: {e}. Retry later.") from None
+        raise self._refuse(self._local_read(path)[0])  # a creator outside the mutex was first
 
     def _local_refresh(self) -> None:
         path = self._local_path()
-        held, _ = self._local_read(path)
-        if (held or {}).get("token") != self.token:
-            self.lost = f"lock {self.uri} was taken over by {held and held.get('run_id')}"
-            return
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(self._body())
-        os.replace(tmp, path)
+        with self._local_mutex(path):
+            held, _ = self._local_read(path)
+            if (held or {}).get("token") != self.token:
+                self.lost = f"lock {self.uri} was taken over by {held and held.get('run_id')}"
+                return
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(self._body())
+            os.replace(tmp, path)
 
     def _local_release(self) -> None:
         path = self._local_path()
-        held, _ = self._local_read(path)
-        if (held or {}).get("token") == self.token:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        try:
+            with self._local_mutex(path):
+                held, _ = self._local_read(path)
+                if (held or {}).get("token") == self.token:
+                    os.unlink(path)
+        except FileNotFoundError:
+            pass  # the output folder is gone, and the lock with it
+        except TimeoutError as e:
+            print(f"[{self.stage}] lock {self.uri} not released ({e}); it expires in {self.ttl_s:.0f}s", flush=True)
 
     # S3 ------------------------------------------------------------------------------------------
     def _s3_loc(self) -> tuple[str, str]:
