@@ -54,9 +54,10 @@ class PlanConfig:
     model_config: str = "conf/models/qwen2.5-coder-32b-instruct.json"  # the student's HF config.json
     critic_config: str = "conf/models/qwen2.5-coder-32b-instruct.json"  # the critic's HF config.json
     mfu: float = 0.40  # model FLOPs utilisation assumed for the step time (torchtitan FSDP2: 40-50%)
-    # Depths of the reduced-layer simulation (extrapolated linearly, see pipeline/plan/simulate.py);
-    # [<the model's layers>] simulates the full model.
-    sim_layers: list[int] = field(default_factory=lambda: [4, 6])
+    # Depths of the reduced-layer simulation (extrapolated linearly, see pipeline/plan/simulate.py):
+    # every depth past the first two must lie on their line, or the plan stops; [<the model's
+    # layers>] simulates the full model (about 3 min of CPU for the 32B at 64 layers).
+    sim_layers: list[int] = field(default_factory=lambda: [4, 6, 8])
     output: str | None = None  # also write the plan as JSON here (URI)
     gpu: GpuSpec = field(default_factory=GpuSpec)
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
@@ -65,10 +66,10 @@ class PlanConfig:
     def validate(self) -> None:
         if not 0.0 < self.mfu <= 1.0:
             raise UserError(f"mfu must lie in (0, 1] (got {self.mfu})")
-        if not self.sim_layers or len(self.sim_layers) > 2 or any(d < 1 for d in self.sim_layers):
-            raise UserError(f"sim_layers must be one or two depths >= 1 (got {list(self.sim_layers)})")
-        if len(self.sim_layers) == 2 and self.sim_layers[0] == self.sim_layers[1]:
-            raise UserError(f"sim_layers: the two depths must differ (got {list(self.sim_layers)})")
+        if not self.sim_layers or any(d < 1 for d in self.sim_layers):
+            raise UserError(f"sim_layers must be one or more depths >= 1 (got {list(self.sim_layers)})")
+        if len(set(self.sim_layers)) != len(self.sim_layers):
+            raise UserError(f"sim_layers: the depths must differ (got {list(self.sim_layers)})")
         if self.gpu.memory_gib <= self.gpu.reserved_gib:
             raise UserError("gpu.memory_gib must exceed gpu.reserved_gib")
         if self.dataset.trajectories < 1 or self.dataset.mean_tokens < 1:

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.errors import UserError
+from pipeline.errors import StageFailed, UserError
+from pipeline.plan import simulate as sim
 from pipeline.plan.config import PlanConfig
 from pipeline.plan.plan import plan_label, run
+from tests.train.helpers import spawn
 
 PROD = Path("conf/prod")
 
@@ -30,6 +32,7 @@ def test_shipped_presets_fit_and_are_costed(prod_plan):
     # The simulated peak holds at least the sharded fp32 states and stays under the budget.
     states = mem["params_fp32_sharded"] + mem["grads_fp32_sharded"] + mem["adamw_state_sharded"]
     assert states < mem["simulated_peak"] <= mem["capacity"] - mem["reserved"]
+    assert train["simulation"].startswith("simulated at 4, 6, 8 layers (on one line")
     assert train["step_time_s"] > 0 and train["gpu_hours"] > 0 and train["steps"]["total"] > 0
     assert train["flops_per_step"]["model"] > 0
     label = prod_plan["label"]
@@ -76,3 +79,61 @@ def test_plan_json_written(prod_plan, tmp_path):
     run(PlanConfig(output=str(tmp_path)))  # memoised simulation
     written = json.loads((tmp_path / "plan.json").read_text())
     assert written["train"]["gpu_hours"] == prod_plan["train"]["gpu_hours"]
+
+
+# --------------------------------------------------------------------------------------------
+# The simulation against real tensors
+# --------------------------------------------------------------------------------------------
+
+def _small_qwen2():
+    from transformers import Qwen2Config
+
+    return Qwen2Config(hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=2,
+                       vocab_size=1024, num_hidden_layers=8, max_position_embeddings=4096, tie_word_embeddings=False)
+
+
+def _small_train():
+    from pipeline.train.config import TrainParams
+
+    return TrainParams(seq_len=512, ce_chunk_tokens=256, param_dtype="bfloat16")
+
+
+def _real_peaks(rank, world, depths, out):
+    peaks = [sim.measure_step(_small_qwen2(), _small_train(), d).peak_bytes["Total"] for d in depths]
+    if rank == 0:
+        Path(out).write_text(json.dumps(peaks))
+
+
+def test_simulated_peak_matches_a_real_gloo_step(tmp_path):
+    """The same step (training code's FSDP2, checkpointing, bf16/fp32, chunked CE, clip, AdamW) on
+    real tensors over gloo (world 2) and simulated on fake tensors over a fake world of 2: the peaks
+    and the per-layer slope agree. At this shape a layer's unsharded fp32 weights (3 MiB) are large
+    against its saved input (0.25 MiB), so the artifact that made the 64-layer 32B simulation report
+    137 GiB (DTensor's shape propagation counted as memory, see sim.sharding_propagation_off_the_books)
+    shows at 6 layers: simulated 60.1 MiB against a real 52.3."""
+    depths = [2, 6]
+    out = tmp_path / "real.json"
+    spawn(_real_peaks, 2, depths, str(out))
+    real = json.loads(out.read_text())
+    fake = [sim.simulate_step(_small_qwen2(), _small_train(), 2, d).peak_bytes["Total"] for d in depths]
+    for d, r, f in zip(depths, real, fake):
+        assert f == pytest.approx(r, rel=0.03), f"{d} layers: simulated {f / 2**20:.2f} MiB, real {r / 2**20:.2f} MiB"
+    real_slope, fake_slope = ((x[1] - x[0]) / (depths[1] - depths[0]) for x in (real, fake))
+    assert fake_slope == pytest.approx(real_slope, rel=0.03)
+    assert real_slope > 4 * 2**20  # a layer's fp32 param + AdamW shards alone: 4.5 MiB at world 2
+
+
+def test_depths_off_the_line_are_refused(monkeypatch):
+    """A third depth off the line through the first two stops the plan instead of extrapolating."""
+    peaks = {4: 24.0, 6: 25.0, 8: 27.0}  # GiB: the slope doubles past 6 layers
+
+    def step(hf_config, train, world, layers):
+        return sim.StepSimulation(layers, dict.fromkeys(sim.CATEGORIES, peaks[layers] * 2**30), 1.0, 0.0)
+
+    monkeypatch.setattr(sim, "simulate_step", step)
+    model = _small_qwen2()
+    model.num_hidden_layers = 64
+    with pytest.raises(StageFailed, match=r"not affine .* 8 layers,.*sim_layers=\[64\]"):
+        sim._simulate(model, _small_train(), 32, [4, 6, 8])
+    peaks[8] = 26.0
+    assert sim._simulate(model, _small_train(), 32, [4, 6, 8])["figures"]["Total"] == 26.0 * 2**30 + 56 * 2**29
