@@ -661,6 +661,12 @@ class Lock:
 # --------------------------------------------------------------------------------------------
 
 
+def _age_s(info) -> float:
+    """Seconds since `info` (a pyarrow FileInfo) was last modified; 0 when the filesystem does not say."""
+    mtime = info.mtime
+    return 0.0 if mtime is None else time.time() - mtime.timestamp()
+
+
 def _children(root: str) -> list[pafs.FileInfo]:
     fs, path = io.filesystem(root)
     try:
@@ -746,6 +752,9 @@ class Output:
             stale = (
                 (name.startswith(VERSION_PREFIX) and name not in needed)
                 or name.startswith((STAGING_PREFIX, MANIFEST + ".tmp-", LOCK + ".stale-"))
+                # a heartbeat's temporary file left by a killed run; ours is written and renamed
+                # under the lock's mutex within moments, so one older than a ttl is nobody's
+                or (name.startswith(LOCK + ".tmp-") and _age_s(info) > lock_ttl_s())
             )
             if stale:
                 _delete(self.root, info)

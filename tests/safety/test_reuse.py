@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import shutil
 
 import pytest
@@ -56,6 +57,9 @@ def test_same_stage_output_is_replaced_and_only_pipeline_files_go(tmp_path, data
     (out / "NOTES.md").write_text("a user note beside a committed output")
     (out / "_staging-20250101T000000-dead00").mkdir()  # the old layout's leftover of a killed run
     (out / "_staging-20250101T000000-dead00" / "part-0.parquet").write_bytes(b"x")
+    dead_heartbeat = out / "_lock.json.tmp-dead00"  # a killed run's heartbeat, hours old: collected
+    dead_heartbeat.write_bytes(b"{}")
+    os.utime(dead_heartbeat, (time.time() - 3600, time.time() - 3600))
     second = run_stage_cli(INGEST, [f"input={data}", f"output={out}", "rows_per_shard=3"])
     c2 = commit.read_commit(str(out))
     assert c2.version != c1.version and second["rows_out"] == first["rows_out"]
