@@ -193,7 +193,7 @@ class MaskBuilder:
                 out[i] = Failed(c.traj_id, "bad_tool_calls", f"tool_calls is not a JSON list of calls: {e}")
                 continue
             # One batched render per distinct tool set (a data set usually has one).
-            key = json.dumps(tools, sort_keys=True) if tools else None
+            key = json.dumps(tools) if tools else None  # key order too: it is rendered
             groups.setdefault(key, []).append((i, chat, tools))
         for members in groups.values():
             self._build_group(convs, members, out)

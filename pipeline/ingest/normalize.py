@@ -75,7 +75,9 @@ def _tool_calls(calls: Any, where: str) -> str | None:
         calls = parse_json(calls, f"{where}: tool_calls")
     if not isinstance(calls, list):
         raise BadRow("bad_message", f"{where}: tool_calls is {type(calls).__name__}, expected a list")
-    return checked_text(json.dumps(calls, ensure_ascii=False, sort_keys=True), f"{where}: tool_calls")
+    # The source's key order is kept: the chat template renders dict arguments in it (`tojson`),
+    # and the model was trained or prompted with that order, not a sorted one.
+    return checked_text(json.dumps(calls, ensure_ascii=False), f"{where}: tool_calls")
 
 
 def normalize_messages(raw: Any) -> list[dict]:

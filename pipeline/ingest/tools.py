@@ -40,7 +40,7 @@ class BadTools(ValueError):
 
 
 def normalize_tools(value: Any, where: str) -> str | None:
-    """A list of tool schemas (or its JSON text) as canonical JSON text; null or [] -> None.
+    """A list of tool schemas (or its JSON text) as JSON text, keys in the source's order; null or [] -> None.
 
     A bare function schema (``{"name", "description", "parameters"}``) is wrapped in the
     OpenAI ``{"type": "function", "function": ...}`` form, which chat templates expect."""
@@ -63,7 +63,9 @@ def normalize_tools(value: Any, where: str) -> str | None:
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
             raise BadTools(f"{where}[{i}] is not a tool schema (expected an object with function.name)")
         tools.append(tool)
-    return json.dumps(tools, ensure_ascii=False, sort_keys=True) if tools else None
+    # In the source's key order: the template renders the schemas as JSON text into the system
+    # prompt, and inference renders them in the order the agent passed them, not sorted.
+    return json.dumps(tools, ensure_ascii=False) if tools else None
 
 
 def tools_from_command_docs(docs: str) -> list[dict]:

@@ -24,6 +24,7 @@ from pipeline.ingest.read import (
     read_file_batches,
     trajectories,
 )
+from pipeline.ingest.normalize import normalize_messages
 from pipeline.ingest.resolution import read_resolution
 from pipeline.ingest.tools import BadTools, normalize_tools, tools_from_command_docs
 from pipeline.schema import TRAJECTORY
@@ -98,6 +99,18 @@ def test_command_docs_become_swe_agent_tool_schemas():
     for junk in ([5], [{"function": {}}], [{"type": "function", "function": {"name": ""}}], {"name": "f"}, "[1"):
         with pytest.raises(BadTools):
             normalize_tools(junk, "tools")
+
+
+def test_tool_schemas_and_calls_keep_the_source_key_order():
+    """The template renders both as JSON text, so their key order is part of what the model saw:
+    ingest must not sort it (inference renders the agent's own order)."""
+    tools = [{"type": "function", "function": {"name": "edit", "description": "Edit a file.", "parameters": {
+        "type": "object", "properties": {"path": {"type": "string"}, "old": {"type": "string"}}, "required": ["path"]}}}]
+    assert normalize_tools(tools, "tools") == json.dumps(tools)
+    assert normalize_tools(json.dumps(tools), "tools") == json.dumps(tools)
+    call = {"id": "c1", "type": "function", "function": {"name": "edit", "arguments": {"path": "a.py", "old": "x"}}}
+    (message,) = normalize_messages([{"role": "assistant", "content": "", "tool_calls": [call]}])
+    assert message["tool_calls"] == json.dumps([call])
 
 
 # ---------------------------------------------------------------------------------------------
