@@ -125,11 +125,15 @@ _block_mask_cache: tuple | None = None
 
 def document_block_mask(cu: torch.Tensor, total: int):
     """Flex BlockMask: causal within the documents delimited by cu_seqlens. Cached for the last
-    micro-batch (every layer of a forward reuses it; the backward recompute too)."""
+    boundaries seen (every layer of a forward reuses it; the backward recompute too)."""
     global _block_mask_cache
     from torch.nn.attention.flex_attention import create_block_mask
 
-    key = (cu.data_ptr(), cu.numel(), total, cu.device)
+    # Keyed on the boundaries themselves, not on the tensor's address: a micro-batch's cu_seqlens
+    # is often allocated where the previous one's was freed (or refilled in place), with the same
+    # number of documents and the same packed length, and an address key then returned the
+    # previous row's mask. (D + 1 integers: one small device-to-host copy per micro-batch.)
+    key = (tuple(cu.tolist()), total, cu.device)
     if _block_mask_cache is not None and _block_mask_cache[0] == key:
         return _block_mask_cache[1]
     doc = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=cu.device), (cu[1:] - cu[:-1]).long())

@@ -81,3 +81,25 @@ def test_cpu_picks_the_per_document_loop_and_forcing_works():
     assert attention.backend(q) == "loop"
     with pytest.raises(ValueError, match="unknown packed attention backend"), attention.use_backend("nope"):
         pass
+
+
+def test_flex_backend_follows_the_boundaries_of_each_micro_batch(monkeypatch):
+    """The flex path (CUDA's fallback) on CPU, eagerly: packed attention equals each document alone,
+    also for a second micro-batch whose cu_seqlens has the same length and the same packed length
+    as the first and lives at the same address (its block mask must not be the first one's)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    monkeypatch.setattr(attention, "_compiled_flex", flex_attention)  # eager: no compiler in the test
+    monkeypatch.setattr(attention, "_block_mask_cache", None)
+    g = torch.Generator().manual_seed(0)
+    total, heads, kv_heads, dim = 256, 4, 2, 16  # the flex block size is 128: boundaries inside blocks
+    cu = torch.tensor([0, 100, 130, 256], dtype=torch.int32)
+    for bounds in ([0, 100, 130, 256], [0, 7, 200, 256]):
+        cu.copy_(torch.tensor(bounds, dtype=torch.int32))  # same tensor, refilled: same address
+        q = torch.randn(1, heads, total, dim, generator=g)
+        k, v = (torch.randn(1, kv_heads, total, dim, generator=g) for _ in range(2))
+        with attention.use_backend("flex"):
+            packed, _ = attention.packed_attention_forward(None, q, k, v, cu_seq_lens_q=cu, max_length_q=200)
+        with attention.use_backend("loop"):
+            alone, _ = attention.packed_attention_forward(None, q, k, v, cu_seq_lens_q=cu, max_length_q=200)
+        torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5, msg=f"boundaries {bounds}")
