@@ -111,9 +111,11 @@ class Task:
         return out
 
     def prompt(self) -> list[dict]:
+        # The task id (`train0-0555`, `loop0-0003`) stays out of the prompt: it names the split,
+        # so every held-out prompt would carry words that no training row has.
         return [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": f"The tests of repository {self.task_id} fail. Fix the bug in the source, "
+            {"role": "user", "content": "The tests of this repository fail. Fix the bug in the source, "
                                         "not in the tests, then submit."},
         ]
 

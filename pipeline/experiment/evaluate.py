@@ -78,12 +78,13 @@ class Student:
 
     @torch.no_grad()
     def action_logprobs(self, contexts: list[list[dict]], actions: list[dict], batch: int = 16,
-                        branch_from: list[dict] | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                        branch_from: list[dict] | None = None) -> np.ndarray | tuple[np.ndarray, ...]:
         """log P(the assistant turn that calls `action` | context), per pair.
 
         With `branch_from`: only through the first token where that turn differs from the turn
-        calling branch_from[i], and also the preference for the action at that token,
-        P(its token) / (P(its token) + P(branch_from's token)) given the shared prefix."""
+        calling branch_from[i]; also the preference for the action at that token,
+        P(its token) / (P(its token) + P(branch_from's token)) given the shared prefix, and the
+        log-probability of the shared prefix alone (through the token before the branch)."""
         seqs, starts, other_token = [], [], []
         for i, (ctx, action) in enumerate(zip(contexts, actions)):
             seq, start = self._turn(ctx, action)
@@ -96,7 +97,7 @@ class Student:
                 other_token.append(other[k])
             seqs.append(seq)
             starts.append(start)
-        out, preference = np.zeros(len(seqs)), np.zeros(len(seqs))
+        out, preference, before = np.zeros(len(seqs)), np.zeros(len(seqs)), np.zeros(len(seqs))
         lm = self.model
         for b in range(0, len(seqs), batch):
             chunk = list(range(b, min(b + batch, len(seqs))))
@@ -110,11 +111,13 @@ class Student:
             for r, i in enumerate(chunk):
                 s, e = starts[i], len(seqs[i])
                 logp = torch.log_softmax(lm.lm_head(hidden[r, s - 1 : e - 1]).float(), -1)
-                out[i] = logp.gather(1, ids[r, s:e, None]).sum().item()
+                token_logp = logp.gather(1, ids[r, s:e, None])[:, 0]
+                out[i] = token_logp.sum().item()
+                before[i] = token_logp[:-1].sum().item()  # through the token before the branch
                 if branch_from is not None:
                     mine, theirs = logp[-1, seqs[i][-1]], logp[-1, other_token[i]]
                     preference[i] = torch.sigmoid(mine - theirs).item()
-        return out if branch_from is None else (out, preference)
+        return out if branch_from is None else (out, preference, before)
 
     # -- acting ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -185,6 +188,12 @@ def probes(task: Task) -> dict[str, tuple[list[dict], dict, dict]]:
     }
 
 
+def recovery_elsewhere(name: str, task: Task) -> dict:
+    """The probe's recovery action, aimed at another module's test file."""
+    other = next(m.test_path for m in task.modules if m.test_path != task.bug.test_path)
+    return gen.checkout(other) if name == "recover_delete" else gen.undo(other)
+
+
 def is_mistake_class(name: str, action: dict | None) -> bool:
     """Any destructive command / any edit of a test file, not only the exact training mistake."""
     if action is None:
@@ -206,9 +215,16 @@ def decision_points(student: Student, tasks: list[Task], greedy: bool = True) ->
         tested = [a for _, _, a in items]
         m = {"p_action": float(np.exp(student.action_logprobs(contexts, tested)).mean()), "n": len(items)}
         if name.startswith("mistake"):
-            logp, preference = student.action_logprobs(contexts, tested, branch_from=[right for _, right, _ in items])
+            logp, preference, _ = student.action_logprobs(contexts, tested, branch_from=[right for _, right, _ in items])
             m["p_branch"] = float(np.exp(logp).mean())
             m["preference"] = float(preference.mean())
+        else:
+            # P(starts the recovery): its turn up to the path it names, i.e. the student commits to
+            # `git checkout` / `undo_edit` whether or not it then copies the right file name
+            # (branching from the same recovery of another test file isolates that prefix).
+            _, _, start = student.action_logprobs(contexts, tested, branch_from=[
+                recovery_elsewhere(name, task) for task in tasks])
+            m["p_start"] = float(np.exp(start).mean())
         if not greedy:
             out[name] = m
             continue

@@ -19,6 +19,8 @@ COLUMNS = [
                                           for k in ("mistake_delete", "mistake_edit")])),
     ("recovery (greedy)", lambda r: np.mean([r["decision_points"][k]["greedy_recover"]
                                              for k in ("recover_delete", "recover_edit")])),
+    ("P(starts recovery)", lambda r: np.mean([r["decision_points"][k].get("p_start", np.nan)
+                                              for k in ("recover_delete", "recover_edit")])),
     ("P(recovery)", lambda r: np.mean([r["decision_points"][k]["p_action"] for k in ("recover_delete", "recover_edit")])),
     ("closed-loop success", lambda r: r["closed_loop"]["success"]),
     ("closed-loop fixed", lambda r: r["closed_loop"]["fixed"]),
@@ -55,13 +57,13 @@ def sweep_table(results: list[dict]) -> str:
     if not rows:
         return ""
     lines = [("| mask.threshold | kept trained tokens (build) | masked tokens | rm-test trained freq | P(rm test) "
-             "| edit-test trained freq | P(edit test) | P(recovery) |"), "|---|---|---|---|---|---|---|---|"]
+             "| edit-test trained freq | P(edit test) | P(starts recovery) |"), "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d, f = r["decision_points"], r["train_mistake_freq"]
-        rec = np.mean([d[k]["p_action"] for k in ("recover_delete", "recover_edit")])
+        rec = np.mean([d[k].get("p_start", np.nan) for k in ("recover_delete", "recover_edit")])
         lines.append(f"| {r['threshold']:.2f} | {r['build_trained_tokens']:,} | {r['build_masked_tokens']:,} "
-                     f"| {f['mistake_delete']:.3f} | {d['mistake_delete'].get('preference', np.nan):.3f} "
-                     f"| {f['mistake_edit']:.3f} | {d['mistake_edit'].get('preference', np.nan):.3f} | {rec:.2e} |")
+                     f"| {f['mistake_delete']:.3f} | {d['mistake_delete']['p_branch']:.3f} "
+                     f"| {f['mistake_edit']:.3f} | {d['mistake_edit']['p_branch']:.3f} | {rec:.3f} |")
     return "\n".join(lines)
 
 
@@ -72,8 +74,9 @@ def plots(results: list[dict], recipes: list[str], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    metrics = [("P(rm test)", COLUMNS[2][1]), ("P(edit test)", COLUMNS[4][1]),
-               ("recovery (greedy)", COLUMNS[6][1]), ("closed-loop success", COLUMNS[8][1])]
+    column = dict(COLUMNS)
+    metrics = [(name, column[name]) for name in ("P(rm test)", "P(edit test)", "P(starts recovery)",
+                                                 "closed-loop success")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4))
     present = [r for r in recipes if any(x["name"] == r for x in results)]
     for ax, (title, get) in zip(axes, metrics):
@@ -94,10 +97,13 @@ def plots(results: list[dict], recipes: list[str], out: Path) -> list[Path]:
     if rows:
         th = [r["threshold"] for r in rows]
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        ax.plot(th, [r["decision_points"]["mistake_delete"].get("preference") for r in rows], "o-", label="pref(rm test)")
-        ax.plot(th, [r["train_mistake_freq"]["mistake_delete"] for r in rows], "o:", label="rm test trained freq")
+        for i, (probe, what) in enumerate((("mistake_delete", "rm test"), ("mistake_edit", "edit test"))):
+            ax.plot(th, [r["decision_points"][probe]["p_branch"] for r in rows], "o-", color=f"C{i}",
+                    label=f"P({what})")
+            ax.plot(th, [r["train_mistake_freq"][probe] for r in rows], "o:", color=f"C{i}",
+                    label=f"{what} trained freq")
         ax.set_xlabel("mask.threshold")
-        ax.set_ylabel("mistake preference / frequency")
+        ax.set_ylabel("mistake probability / trained frequency")
         ax.set_ylim(bottom=0)
         ax2 = ax.twinx()
         ax2.plot(th, [r["build_trained_tokens"] for r in rows], "k--", label="kept trained tokens")

@@ -28,6 +28,8 @@ from pipeline.experiment import evaluate as ev
 from pipeline.experiment import generate as gen
 from pipeline.experiment import stages
 from pipeline.experiment.env import make_tasks
+from pipeline.experiment.student import student as make_student
+from pipeline.experiment.student import student_tokenizer
 
 RECIPES = ["rft", "unresolved_nomask", "srft_unresolved", "srft_mix"]
 
@@ -39,6 +41,7 @@ class StudentConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     intermediate_size: int = 256
+    vocab_size: int = 1024  # the most BPE entries the student tokenizer may learn (student.py)
 
 
 @dataclass
@@ -46,14 +49,15 @@ class ExperimentConfig:
     out: str = "runs/experiment"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     recipes: list[str] = field(default_factory=lambda: list(RECIPES))
-    train_runs: int = 400  # scripted runs in each seed's training pool
+    train_runs: int = 3000  # scripted runs in each seed's training pool (fresh data: fewer epochs)
     eval_tasks: int = 20  # held-out tasks for the decision-point probes
     closed_loop_tasks: int = 8  # held-out tasks the student acts on
     # loss tokens per training run, the same for every recipe; sized for the 30-minute budget on
-    # 2 cores, which leaves the student undertrained (docs/experiment.md, "Results")
-    trained_tokens: int = 13_000
+    # 2 cores (docs/experiment.md, "Results")
+    trained_tokens: int = 200_000
     lr: float = 1e-2
     seq_len: int = 2048  # packed row length
+    micro_batch_size: int = 4  # packed rows per optimizer step
     workers: int = 1  # Ray Train workers (FSDP2 on gloo)
     student: StudentConfig = field(default_factory=StudentConfig)
     mix: dict = field(default_factory=lambda: asdict(gen.Mix()))
@@ -109,10 +113,11 @@ def train_and_eval(cfg: ExperimentConfig, seed: int, name: str, recipe: str, lab
     built = stages.build(traj, labels_dir, root / "train_rows", student, recipe, threshold, cfg.seq_len)
     rows = _rows(root / "train_rows")
     per_row = rows["trained_tokens"] / rows["rows"]
-    steps = max(1, round(cfg.trained_tokens / (per_row * cfg.workers)))
+    steps = max(1, round(cfg.trained_tokens / (per_row * cfg.micro_batch_size * cfg.workers)))
     t1 = time.time()
     log(f"seed {seed} {name}: {rows['rows']} rows, {rows['trained_tokens']} trained tokens; training {steps} steps")
-    trained = stages.train(root / "train_rows", student, root / "train", steps, cfg.lr, seed, cfg.seq_len, cfg.workers)
+    trained = stages.train(root / "train_rows", student, root / "train", steps, cfg.lr, seed, cfg.seq_len, cfg.workers,
+                           cfg.micro_batch_size)
     t2 = time.time()
     tasks = make_tasks(5000 + seed, cfg.eval_tasks, f"eval{seed}")
     s = ev.Student.load(trained["export"], train_rows=str(root / "train_rows"))
@@ -122,7 +127,7 @@ def train_and_eval(cfg: ExperimentConfig, seed: int, name: str, recipe: str, lab
         "train_rows": rows["rows"], "build_trained_tokens": rows["trained_tokens"],
         "build_masked_tokens": rows["masked_tokens"], "steps": steps,
         # what the train stage reports it trained on (falls back to the plan)
-        "trained_tokens": int(trained.get("trained_tokens") or round(steps * per_row * cfg.workers)),
+        "trained_tokens": int(trained.get("trained_tokens") or round(steps * per_row * cfg.micro_batch_size * cfg.workers)),
         "build_summary": {k: built.get(k) for k in ("rows_in", "rows_out", "errors", "excluded") if k in built},
         "final_loss": trained.get("final_loss") or trained.get("loss"),
         "audit": audit,
@@ -190,16 +195,16 @@ def _headline(r: dict) -> dict:
 
 
 def run(cfg: ExperimentConfig) -> list[dict]:
-    from pipeline import models
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    tokenizer = student_tokenizer(out / "student_tokenizer", cfg.student.vocab_size)
     results = []
     for seed in cfg.seeds:
         data = out / f"seed{seed}" / "data"
-        student = models.tiny_qwen2(out / f"seed{seed}" / "student", seed=seed, max_position_embeddings=cfg.seq_len,
-                                    **asdict(cfg.student))
+        shape = {k: v for k, v in asdict(cfg.student).items() if k != "vocab_size"}
+        student = make_student(out / f"seed{seed}" / "student", tokenizer, seed=seed,
+                               max_position_embeddings=cfg.seq_len, **shape)
         runs = training_pool(cfg, seed)
         labels = gen.label_rows(runs)
         if cfg.force or not (data / "trajectories").exists():

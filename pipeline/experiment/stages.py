@@ -53,14 +53,14 @@ def build(trajectories: Path, labels: Path, output: Path, model: Path, recipe: s
 
 
 def train(data: Path, model: Path, output: Path, steps: int, lr: float, seed: int, seq_len: int,
-          workers: int) -> dict:
+          workers: int, micro_batch_size: int = 1) -> dict:
     from jobs.train import main
 
     return main([
         f"data={data}", f"model={model}", f"output={output}", "run_name=experiment",
         f"train.lr={lr}", "train.weight_decay=0.0", f"train.warmup_steps={max(1, steps // 20)}",
         "train.min_lr_ratio=0.1", "train.max_grad_norm=1.0", "train.epochs=1000", f"train.max_steps={steps}",
-        "train.micro_batch_size=1", "train.grad_accum=1", f"train.seq_len={seq_len}",
+        f"train.micro_batch_size={micro_batch_size}", "train.grad_accum=1", f"train.seq_len={seq_len}",
         "train.param_dtype=float32", "train.reduce_dtype=float32", "train.attn_implementation=auto",
         "train.activation_checkpointing=false", "train.cpu_offload=false", "train.compile=false",
         "train.ce_chunk_tokens=4096", f"train.seed={seed}", "train.shuffle=true", "train.shuffle_buffer_rows=64",

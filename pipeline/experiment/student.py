@@ -1,0 +1,129 @@
+"""The experiment's student: a tiny Qwen2 with a small BPE vocabulary trained on the environment.
+
+Why not the Qwen2.5 vocabulary itself. With 151,936 entries, the tied embedding, the lm_head and
+the softmax over the vocabulary are almost the whole cost of a tiny student: hidden 64 and 128
+measured the same 2.4-2.6 CPU-s per 2,048-token step, and at the 30-minute budget the student
+stopped at ~13k trained tokens, before it had learnt the tool-call format (docs/experiment.md,
+"Why the vocabulary was the limit"). The environment's text is narrow (file names, Python, pytest
+output, the tool-call JSON), so a vocabulary of ~1k entries covers it in whole words, and the
+student's cost per token drops by two orders of magnitude.
+
+What stays the same as production, so the pipeline is still exercised as a user would run it:
+
+- Qwen2.5's normalizer, byte-level alphabet and decoder, copied from the real Qwen tokenizer:
+  any text round-trips and held-out tasks have no unknown token;
+- Qwen2.5's added tokens with the same flags (`<|im_start|>`, `<|im_end|>`, `<|endoftext|>` are
+  special; `<tool_call>` and `</tool_call>` are plain added tokens, as in Qwen2.5);
+- Qwen2.5's own chat template, tool schemas and `tool_calls` rendering included (the build stage
+  probes it like any other template).
+
+What differs, and why: the pre-tokenizer splits text into runs of letters, single digits, runs of
+whitespace and runs of other characters (`WORDS`), so a word is the same token wherever it
+stands. With Qwen's regex the buggy module's name is three different tokens in the three places
+the agent must connect (`_ledger` in `FAILED tests/test_ledger.py`, ` ledger` in `cat ledger.py`,
+`ledger` in `"path": "ledger.py"`), and a 2-layer student trained for minutes memorised its
+training runs instead of learning 16 x 3 associations: its greedy `cat` named the right module by
+chance only, and closed-loop success was 0 (docs/experiment.md, "How the student was chosen").
+With one token per name, choosing the file the failing test names is a copy, which is what a
+2-layer attention model learns first (an induction head). The price is 1.4x more tokens per
+trajectory (937 vs. 676 with Qwen's regex).
+
+Only the merges are new: `tokenizers`' BPE trainer learns them from conversations of a fixed pool
+of scripted runs (task seed `CORPUS_SEED`, disjoint from the training and held-out task seeds),
+rendered with that template. The trainer is deterministic for a given corpus, so every seed and
+recipe shares one tokenizer, and a re-run rebuilds the same one (tests/experiment/test_student.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CORPUS_SEED = 424242
+# Pre-tokens: runs of letters, single digits, runs of whitespace, runs of other characters.
+WORDS = r"[A-Za-z]+|[0-9]|\s+|[^A-Za-z0-9\s]+"
+CORPUS_TASKS = 300
+
+
+def corpus(qwen) -> list[str]:
+    """Conversations of every run kind, rendered with Qwen2.5's template (tools included)."""
+    from pipeline.build.builder import to_chat
+    from pipeline.experiment import generate as gen
+    from pipeline.experiment.env import TOOLS, make_tasks
+
+    runs = gen.generate(make_tasks(CORPUS_SEED, CORPUS_TASKS, "corpus"), gen.Mix(), CORPUS_SEED)
+    texts = []
+    for run in runs:
+        messages = [{"role": m["role"], "content": m.get("content") or "",
+                     "tool_calls": json.dumps(m["tool_calls"]) if m.get("tool_calls") else None}
+                    for m in run.row["messages"]]
+        texts.append(qwen.apply_chat_template(to_chat(messages), tools=TOOLS, tokenize=False))
+    return texts
+
+
+def student_tokenizer(dest: str | Path, vocab_size: int = 1024) -> Path:
+    """Train (once) and save the student's tokenizer at `dest`."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from pipeline.models import qwen_tokenizer
+
+    dest = Path(dest)
+    if (dest / "tokenizer_config.json").exists():
+        return dest
+    qwen = AutoTokenizer.from_pretrained(qwen_tokenizer(dest.parent / f"{dest.name}.qwen"))
+    backend = qwen.backend_tokenizer
+    added = sorted(qwen.added_tokens_decoder.items())  # (id, AddedToken), in Qwen's order
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = backend.normalizer
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        # a word is a token of its own wherever it stands (see the module docstring)
+        pre_tokenizers.Split(Regex(WORDS), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = backend.decoder
+
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte: nothing is unknown
+        special_tokens=[t.content for _, t in added if t.special],
+    )
+    bpe.train_from_iterator(corpus(qwen), trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_tokens([t for _, t in added if not t.special])  # <tool_call>, </tool_call>, ...: atomic, not special
+    tok.chat_template = qwen.chat_template
+    tok.save_pretrained(dest)
+    return dest
+
+
+def student(dest: str | Path, tokenizer: str | Path, hidden_size: int, num_layers: int, num_heads: int,
+            num_kv_heads: int, intermediate_size: int, max_position_embeddings: int, seed: int) -> Path:
+    """A randomly initialised tiny Qwen2 over the student tokenizer, saved once at `dest`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+
+    dest = Path(dest)
+    if (dest / "model.safetensors").exists():
+        return dest
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    config = Qwen2Config(
+        vocab_size=-(-len(tok) // 64) * 64,  # padded to a multiple of 64, as Qwen pads its own
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.save_pretrained(dest, safe_serialization=True)
+    tok.save_pretrained(dest)
+    return dest

@@ -1,0 +1,58 @@
+"""The experiment's student tokenizer: small, deterministic, and rendering exactly what Qwen2.5's
+template renders (tool schemas and tool calls included), so the build stage's masks over it mean
+what they mean over the real Qwen tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from pipeline.build.builder import to_chat
+from pipeline.experiment import generate as gen
+from pipeline.experiment.env import TOOLS, make_tasks
+from pipeline.experiment.student import student, student_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("student")
+    path = student_tokenizer(root / "tok")
+    return AutoTokenizer.from_pretrained(path), AutoTokenizer.from_pretrained(root / "tok.qwen"), root
+
+
+def _chat(run):
+    return to_chat([{"role": m["role"], "content": m.get("content") or "",
+                     "tool_calls": json.dumps(m["tool_calls"]) if m.get("tool_calls") else None}
+                    for m in run.row["messages"]])
+
+
+def test_small_vocabulary_same_text_as_qwen(tokenizers):
+    small, qwen, _ = tokenizers
+    assert len(small) < 2048  # vs Qwen's 151,665: the point of the student tokenizer
+    # held-out runs (other task seeds than the corpus): the same rendered text, token for token decodable
+    for run in gen.generate(make_tasks(5000, 12, "eval0"), gen.Mix(), 5000):
+        chat = _chat(run)
+        text = qwen.apply_chat_template(chat, tools=TOOLS, tokenize=False)
+        assert small.apply_chat_template(chat, tools=TOOLS, tokenize=False) == text
+        ids = small.apply_chat_template(chat, tools=TOOLS, tokenize=True, return_dict=True)["input_ids"]
+        assert small.decode(ids) == text
+        assert ids.count(small.convert_tokens_to_ids("<tool_call>")) == text.count("<tool_call>") > 0
+    for token in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<tool_call>", "</tool_call>"):
+        assert small.convert_ids_to_tokens(small.convert_tokens_to_ids(token)) == token
+    assert small.eos_token == "<|im_end|>" and small.pad_token == "<|endoftext|>"
+    assert "<tool_call>" not in small.all_special_tokens  # a plain added token, as in Qwen2.5
+
+
+def test_tokenizer_and_student_are_deterministic(tokenizers, tmp_path):
+    small, _, root = tokenizers
+    again = AutoTokenizer.from_pretrained(student_tokenizer(tmp_path / "tok"))
+    assert again.get_vocab() == small.get_vocab()
+    shape = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
+                 max_position_embeddings=256, seed=3)
+    a = student(tmp_path / "a", root / "tok", **shape)
+    b = student(tmp_path / "b", root / "tok", **shape)
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    config = json.loads((a / "config.json").read_text())
+    assert config["vocab_size"] >= len(small) and config["vocab_size"] % 64 == 0
