@@ -41,19 +41,26 @@ def tiny_qwen2(
     intermediate_size: int = 256,
     max_position_embeddings: int = 32768,
     seed: int = 0,
+    tokenizer: str | Path | None = None,
 ) -> Path:
     """A randomly initialised Qwen2 built from a config, saved as safetensors with the Qwen
-    tokenizer: a real model that vLLM and transformers load, fast enough for tests."""
+    tokenizer: a real model that vLLM and transformers load, fast enough for tests. With
+    `tokenizer` (a saved tokenizer folder), that one instead, and a vocabulary of its length padded
+    to a multiple of 64 (the experiment's student, pipeline/experiment/student.py)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
     dest = Path(dest)
     if (dest / "model.safetensors").exists():
         return dest
-    qwen_tokenizer(dest)
+    if tokenizer is None:
+        qwen_tokenizer(dest)
+    else:
+        AutoTokenizer.from_pretrained(tokenizer).save_pretrained(dest)
     tok = AutoTokenizer.from_pretrained(dest)
     config = Qwen2Config(
-        vocab_size=151936,  # Qwen2.5's padded vocabulary; the tokenizer uses the first len(tok)
+        # Qwen2.5's padded vocabulary (the tokenizer uses the first len(tok)), or the given one's
+        vocab_size=151936 if tokenizer is None else -(-len(tok) // 64) * 64,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,

@@ -28,7 +28,6 @@ from pipeline.experiment import evaluate as ev
 from pipeline.experiment import generate as gen
 from pipeline.experiment import stages
 from pipeline.experiment.env import make_tasks
-from pipeline.experiment.student import student as make_student
 from pipeline.experiment.student import student_tokenizer
 
 RECIPES = ["rft", "unresolved_nomask", "srft_unresolved", "srft_mix"]
@@ -57,7 +56,7 @@ class ExperimentConfig:
     trained_tokens: int = 200_000
     lr: float = 1e-2
     seq_len: int = 2048  # packed row length
-    micro_batch_size: int = 4  # packed rows per optimizer step
+    micro_batch_size: int = 1  # packed rows per optimizer step: the student needs steps (see docs)
     workers: int = 1  # Ray Train workers (FSDP2 on gloo)
     student: StudentConfig = field(default_factory=StudentConfig)
     mix: dict = field(default_factory=lambda: asdict(gen.Mix()))
@@ -195,6 +194,8 @@ def _headline(r: dict) -> dict:
 
 
 def run(cfg: ExperimentConfig) -> list[dict]:
+    from pipeline import models
+
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
@@ -203,8 +204,8 @@ def run(cfg: ExperimentConfig) -> list[dict]:
     for seed in cfg.seeds:
         data = out / f"seed{seed}" / "data"
         shape = {k: v for k, v in asdict(cfg.student).items() if k != "vocab_size"}
-        student = make_student(out / f"seed{seed}" / "student", tokenizer, seed=seed,
-                               max_position_embeddings=cfg.seq_len, **shape)
+        student = models.tiny_qwen2(out / f"seed{seed}" / "student", seed=seed, max_position_embeddings=cfg.seq_len,
+                                    tokenizer=tokenizer, **shape)
         runs = training_pool(cfg, seed)
         labels = gen.label_rows(runs)
         if cfg.force or not (data / "trajectories").exists():

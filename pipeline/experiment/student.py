@@ -21,12 +21,12 @@ What differs, and why: the pre-tokenizer splits text into runs of letters, singl
 whitespace and runs of other characters (`WORDS`), so a word is the same token wherever it
 stands. With Qwen's regex the buggy module's name is three different tokens in the three places
 the agent must connect (`_ledger` in `FAILED tests/test_ledger.py`, ` ledger` in `cat ledger.py`,
-`ledger` in `"path": "ledger.py"`), and a 2-layer student trained for minutes memorised its
-training runs instead of learning 16 x 3 associations: its greedy `cat` named the right module by
-chance only, and closed-loop success was 0 (docs/experiment.md, "How the student was chosen").
-With one token per name, choosing the file the failing test names is a copy, which is what a
-2-layer attention model learns first (an induction head). The price is 1.4x more tokens per
-trajectory (937 vs. 676 with Qwen's regex).
+`ledger` in `"path": "ledger.py"`): the student would have to learn 16 x 3 associations before it
+could copy a name, where one token per name makes it a copy, the first thing a 2-layer attention
+model learns (an induction head). That is a design choice for a student trained for minutes, not
+a measured necessity: the one comparison made (docs/experiment.md) was confounded by the
+tool-schema key order that ingest then sorted. The price is 1.4x more tokens per trajectory (937
+vs. 676 with Qwen's regex).
 
 Only the merges are new: `tokenizers`' BPE trainer learns them from conversations of a fixed pool
 of scripted runs (task seed `CORPUS_SEED`, disjoint from the training and held-out task seeds),
@@ -94,36 +94,5 @@ def student_tokenizer(dest: str | Path, vocab_size: int = 1024) -> Path:
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.add_tokens([t for _, t in added if not t.special])  # <tool_call>, </tool_call>, ...: atomic, not special
     tok.chat_template = qwen.chat_template
-    tok.save_pretrained(dest)
-    return dest
-
-
-def student(dest: str | Path, tokenizer: str | Path, hidden_size: int, num_layers: int, num_heads: int,
-            num_kv_heads: int, intermediate_size: int, max_position_embeddings: int, seed: int) -> Path:
-    """A randomly initialised tiny Qwen2 over the student tokenizer, saved once at `dest`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
-
-    dest = Path(dest)
-    if (dest / "model.safetensors").exists():
-        return dest
-    tok = AutoTokenizer.from_pretrained(tokenizer)
-    config = Qwen2Config(
-        vocab_size=-(-len(tok) // 64) * 64,  # padded to a multiple of 64, as Qwen pads its own
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
-        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
-        bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.generation_config.eos_token_id = config.eos_token_id
-    model.save_pretrained(dest, safe_serialization=True)
     tok.save_pretrained(dest)
     return dest

@@ -12,7 +12,8 @@ from transformers import AutoTokenizer
 from pipeline.build.builder import to_chat
 from pipeline.experiment import generate as gen
 from pipeline.experiment.env import TOOLS, make_tasks
-from pipeline.experiment.student import student, student_tokenizer
+from pipeline.experiment.student import student_tokenizer
+from pipeline.models import tiny_qwen2
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,9 @@ def test_tokenizer_and_student_are_deterministic(tokenizers, tmp_path):
     assert again.get_vocab() == small.get_vocab()
     shape = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
                  max_position_embeddings=256, seed=3)
-    a = student(tmp_path / "a", root / "tok", **shape)
-    b = student(tmp_path / "b", root / "tok", **shape)
+    a = tiny_qwen2(tmp_path / "a", tokenizer=root / "tok", **shape)
+    b = tiny_qwen2(tmp_path / "b", tokenizer=root / "tok", **shape)
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     config = json.loads((a / "config.json").read_text())
     assert config["vocab_size"] >= len(small) and config["vocab_size"] % 64 == 0
+    assert AutoTokenizer.from_pretrained(a).get_vocab() == small.get_vocab()
