@@ -4,9 +4,10 @@
 
 Per seed: a pool of scripted runs in `env` (kinds and rates in `generate`), written as SWE-smith
 tool-style JSONL and ingested by the real ingest stage; the reference step labels written as the
-label stage's output; then per recipe the real build stage (the student's Qwen2.5 chat template)
-and the real train stage (Ray Train + FSDP2 on gloo) from the same initialisation of the same tiny
-Qwen2, each for the same number of trained (loss) tokens; then `evaluate` on held-out tasks.
+label stage's output; then per recipe the real build stage (Qwen2.5's chat template over the
+student's small vocabulary, `student`) and the real train stage (Ray Train + FSDP2 on gloo) from
+the same initialisation of the same tiny Qwen2, each for the same number of trained (loss) tokens;
+then `evaluate` on held-out tasks.
 A threshold sweep under critic noise rebuilds and retrains `sweep_recipe` at each `mask.threshold`.
 
 Each finished (seed, recipe) writes its `eval.json`; a re-run skips what is done (`force=true`
