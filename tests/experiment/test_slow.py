@@ -21,8 +21,7 @@ REDUCED = [
 
 
 @pytest.mark.slow
-def test_masking_mistakes_removes_them_and_keeps_recoveries(tmp_path, monkeypatch):
-    monkeypatch.setenv("SRFT_RAY_TMPDIR", str(tmp_path / "ray"))
+def test_masking_mistakes_removes_them_and_keeps_recoveries(tmp_path, ray_session):
     results = {r["name"]: r for r in experiment.main([f"out={tmp_path / 'exp'}", *REDUCED])}
     assert set(results) == {"rft", "unresolved_nomask", "srft_unresolved"}
     nomask, srft, rft = results["unresolved_nomask"], results["srft_unresolved"], results["rft"]
