@@ -82,11 +82,24 @@ def load_config(
 
 
 def validate(cfg: Any, prefix: str = "") -> None:
-    """Call ``validate()`` on `cfg` and on every nested config dataclass (each raises `UserError`)."""
+    """Call ``validate()`` on `cfg` and on every nested config dataclass (each raises `UserError`).
+
+    A stage config's messages name its keys from the stage's root (``critic.pool.min``). Where a
+    config nests whole stage configs (the pipeline driver's ``label``, ``build``...: the names in
+    its ``STAGE_FIELDS``), their messages get that field's name in front, so that they name the key
+    the user typed (``label.critic.pool.min``)."""
     if not dataclasses.is_dataclass(cfg):
         return
+    stage_fields = getattr(cfg, "STAGE_FIELDS", ())
     for f in dataclasses.fields(cfg):
-        validate(getattr(cfg, f.name), f"{prefix}{f.name}.")
+        child = getattr(cfg, f.name)
+        if f.name not in stage_fields:
+            validate(child, f"{prefix}{f.name}.")
+            continue
+        try:
+            validate(child)
+        except UserError as e:
+            raise UserError(f"{prefix}{f.name}.{e}") from None
     check = getattr(cfg, "validate", None)
     if callable(check):
         check()

@@ -10,6 +10,7 @@ complete for the same config and inputs is skipped; ``force=true`` re-runs it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from omegaconf import MISSING
 
@@ -44,6 +45,9 @@ class PipelineConfig:
     build: BuildConfig = field(default_factory=BuildConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+
+    # validation messages of these name the key as typed here (`label.critic.pool.min`)
+    STAGE_FIELDS: ClassVar[tuple[str, ...]] = ("ingest", "label", "build", "train", "report")
 
 
 def stages() -> dict[str, Stage]:

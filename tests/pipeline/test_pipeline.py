@@ -34,6 +34,15 @@ def test_unknown_stage_and_split_outcome_policy_are_refused(tmp_path):
     assert not (tmp_path / "trajectories").exists()
 
 
+def test_a_bad_value_in_a_stage_names_the_key_as_typed(tmp_path):
+    """Stage configs name their keys from the stage root; in the driver they sit under the stage."""
+    with pytest.raises(UserError, match=r"^label\.critic\.pool: need 1 <= min <= max"):
+        pipeline.main([f"root={tmp_path}", "label.critic.pool.min=0"])
+    with pytest.raises(UserError, match=r"^build\.mask\.threshold=2\.0 is outside"):
+        pipeline.main([f"root={tmp_path}", "build.mask.threshold=2"])
+    assert not (tmp_path / "trajectories").exists()
+
+
 def _check_run(root: str) -> None:
     manifests = {s: json.loads(io.read_bytes(io.join(root, d, "_manifest.json"))) for s, d in [
         ("ingest", "trajectories"), ("label", "labels"), ("build", "train_rows"), ("train", "train"),
