@@ -74,6 +74,7 @@ import json
 import os
 import posixpath
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -551,7 +552,8 @@ class Lock:
         except FileNotFoundError:
             pass  # the output folder is gone, and the lock with it
         except TimeoutError as e:
-            print(f"[{self.stage}] lock {self.uri} not released ({e}); it expires in {self.ttl_s:.0f}s", flush=True)
+            print(f"[{self.stage}] lock {self.uri} not released ({e}); it expires in {self.ttl_s:.0f}s",
+                  file=sys.stderr, flush=True)
 
     # S3 ------------------------------------------------------------------------------------------
     def _s3_loc(self) -> tuple[str, str]:
@@ -630,7 +632,7 @@ class Lock:
             try:
                 self.refresh()
             except Exception as e:  # noqa: BLE001 -- a failed heartbeat must not kill the run
-                print(f"[{self.stage}] lock heartbeat failed: {e}", flush=True)
+                print(f"[{self.stage}] lock heartbeat failed: {e}", file=sys.stderr, flush=True)
 
     def refresh(self) -> None:
         if self.lost is None:
