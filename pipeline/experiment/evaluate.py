@@ -35,7 +35,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.build.builder import to_chat
 from pipeline.experiment import generate as gen
 from pipeline.experiment.env import TOOLS, Env, Task
 
@@ -58,9 +57,8 @@ class Student:
         return cls(model, tok, TOOLS if renders_tools(train_rows, tok) else None)
 
     def render(self, messages: list[dict], generation_prompt: bool) -> list[int]:
-        chat = to_chat([_as_trajectory_message(m) for m in messages])
         return list(self.tokenizer.apply_chat_template(
-            chat, tools=self.tools, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True
+            gen.chat(messages), tools=self.tools, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True
         )["input_ids"])
 
     @property
@@ -140,12 +138,6 @@ class Student:
             for row in gen_ids.tolist():
                 out.append(parse_action(self.tokenizer.decode(row, skip_special_tokens=False)))
         return out
-
-
-def _as_trajectory_message(m: dict) -> dict:
-    calls = m.get("tool_calls")
-    return {"role": m["role"], "content": m.get("content") or "",
-            "tool_calls": json.dumps(calls) if calls else None}
 
 
 def parse_action(text: str) -> dict | None:

@@ -124,6 +124,16 @@ def script(task: Task, kind: str, recovered: bool, rng: random.Random) -> list[t
 
 
 # -- rollouts into SWE-smith tool-style rows ------------------------------------------------------
+def chat(messages: list[dict]) -> list[dict]:
+    """OpenAI-style messages (as the rows carry them) -> the chat the build stage renders
+    (`pipeline.build.builder.to_chat` over TRAJECTORY-style messages, tool calls as JSON text)."""
+    from pipeline.build.builder import to_chat
+
+    return to_chat([{"role": m["role"], "content": m.get("content") or "",
+                     "tool_calls": json.dumps(m["tool_calls"]) if m.get("tool_calls") else None}
+                    for m in messages])
+
+
 def tool_call_message(action: dict, call_id: str) -> dict:
     return {"role": "assistant", "content": "", "tool_calls": [{
         "id": call_id, "type": "function",

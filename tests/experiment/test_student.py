@@ -9,7 +9,6 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from pipeline.build.builder import to_chat
 from pipeline.experiment import generate as gen
 from pipeline.experiment.env import TOOLS, make_tasks
 from pipeline.experiment.student import student_tokenizer
@@ -23,18 +22,12 @@ def tokenizers(tmp_path_factory):
     return AutoTokenizer.from_pretrained(path), AutoTokenizer.from_pretrained(root / "tok.qwen"), root
 
 
-def _chat(run):
-    return to_chat([{"role": m["role"], "content": m.get("content") or "",
-                     "tool_calls": json.dumps(m["tool_calls"]) if m.get("tool_calls") else None}
-                    for m in run.row["messages"]])
-
-
 def test_small_vocabulary_same_text_as_qwen(tokenizers):
     small, qwen, _ = tokenizers
     assert len(small) < 2048  # vs Qwen's 151,665: the point of the student tokenizer
     # held-out runs (other task seeds than the corpus): the same rendered text, token for token decodable
     for run in gen.generate(make_tasks(5000, 12, "eval0"), gen.Mix(), 5000):
-        chat = _chat(run)
+        chat = gen.chat(run.row["messages"])
         text = qwen.apply_chat_template(chat, tools=TOOLS, tokenize=False)
         assert small.apply_chat_template(chat, tools=TOOLS, tokenize=False) == text
         ids = small.apply_chat_template(chat, tools=TOOLS, tokenize=True, return_dict=True)["input_ids"]
@@ -50,8 +43,8 @@ def test_tokenizer_and_student_are_deterministic(tokenizers, tmp_path):
     small, _, root = tokenizers
     again = AutoTokenizer.from_pretrained(student_tokenizer(tmp_path / "tok"))
     assert again.get_vocab() == small.get_vocab()
-    shape = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
-                 max_position_embeddings=256, seed=3)
+    shape = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64,
+             "max_position_embeddings": 256, "seed": 3}
     a = tiny_qwen2(tmp_path / "a", tokenizer=root / "tok", **shape)
     b = tiny_qwen2(tmp_path / "b", tokenizer=root / "tok", **shape)
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()

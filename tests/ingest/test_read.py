@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pipeline import io
+from pipeline.ingest.normalize import normalize_messages
 from pipeline.ingest.read import (
     FILE_REASONS,
     RECORD,
@@ -24,7 +25,6 @@ from pipeline.ingest.read import (
     read_file_batches,
     trajectories,
 )
-from pipeline.ingest.normalize import normalize_messages
 from pipeline.ingest.resolution import read_resolution
 from pipeline.ingest.tools import BadTools, normalize_tools, tools_from_command_docs
 from pipeline.schema import TRAJECTORY

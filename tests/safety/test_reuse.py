@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import shutil
+import time
 
 import pytest
 
