@@ -4,7 +4,7 @@ Layout of a stage's output folder (``<output>``, local or ``s3://``)::
 
     <output>/_manifest.json              the commit record: written LAST, atomically
     <output>/_v-<stage>-<run_id>/...     a version: the files one run wrote
-    <output>/_lock.json                  held while a run writes (owner, host, pid, heartbeat)
+    <output>/_lock.json                  held while a run writes (owner, host, pid; S3: heartbeat)
     <output>/_checkpoints/...            train's Ray Train checkpoints (never versioned or collected)
 
 A run writes every file into a fresh version folder (its name starts with ``_``, so Arrow, Ray Data
@@ -52,23 +52,23 @@ API (the stage side; `pipeline.manifest.run_stage` does the opening and the fina
     check_overlap(output, inputs)              # UserError if output equals/contains/lies inside an input
     check_input(name, uri)                     # UserError if uri is an uncommitted or not-complete output
 
-Locks: ``_lock.json`` is created exclusively (local: ``O_CREAT|O_EXCL``; S3: a conditional PUT with
-``If-None-Match: *``, which AWS S3 and moto honour), refreshed by a heartbeat thread every ttl/4
-(S3: ``If-Match`` on the lock's ETag), checked again just before the commit record is written, and
-deleted at the end. A lock whose heartbeat is older than its ttl (default 120 s,
-``SRFT_LOCK_TTL_S``) belonged to a killed run and is taken over, so that of several runs breaking it
-at once only one wins and a lock whose heartbeat is on time is never broken: locally, a refresh,
-release or break re-reads the lock while holding ``_lock.json.mutex`` (a ``flock``, which the kernel
-drops when its holder dies) and acts only if it still finds its token (refresh, release) or the
-lock still expired (break, which deletes it and creates its own with ``O_EXCL``); on S3 by a PUT
-with ``If-Match`` on the stale lock's ETag. On an S3-compatible store that ignores conditional
-headers the lock is best effort: it is read back after writing and the run refuses if the token is
-not its own.
+Locks, one writer per output. Local disk (and any POSIX filesystem with ``flock``, NFS included):
+the run holds an exclusive ``flock`` on ``_lock.json`` for its whole life. The kernel drops it the
+instant the holder dies, so a killed run's output is free at once (the next run says on stderr whose
+lock it found left behind), and nothing is ever "broken": the old expire-and-break scheme let two
+breakers win in about 1 trial of 12. S3 has no such thing, so there ``_lock.json`` is created with a
+conditional PUT (``If-None-Match: *``, which AWS S3 and moto honour), refreshed by a heartbeat
+thread every ttl/4 (``If-Match`` on its ETag), checked again just before the commit record is
+written, and deleted at the end. A lock whose heartbeat is older than its ttl (default 120 s,
+``SRFT_LOCK_TTL_S``) belonged to a killed run and is taken over with ``If-Match`` on the stale ETag,
+so of several breakers only one wins; a lock whose holder ran on this same host (same hostname,
+boot id and pid namespace) and whose pid is gone is taken over at once. On an S3-compatible store
+that ignores conditional headers the lock is best effort: it is read back after writing and the run
+refuses if the token is not its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -387,7 +387,23 @@ def _precondition_failed(e: Exception) -> bool:
 
 
 class Lock:
-    """``<root>/_lock.json``: taken at open, refreshed by a heartbeat thread, released at the end."""
+    """``<root>/_lock.json``: taken at open, held for the run, released at the end.
+
+    Local disk: the run holds an exclusive ``flock`` on ``_lock.json`` for its whole life. The
+    kernel drops it the instant the holder dies, so there is no stale lock, no heartbeat and no
+    break (the old break let 2 of several breakers win in ~1 trial of 10). The file's body names
+    the holder (stage, run, host, pid) for the refusal message; the holder unlinks it before it
+    unlocks, and a run that finds a body left behind says on stderr that it took over from a
+    process that is gone.
+
+    S3: created with a conditional PUT (``If-None-Match: *``), refreshed by a heartbeat thread
+    every ttl/4 with ``If-Match`` on its ETag, and taken over (``If-Match`` on the stale ETag, so
+    only one of several breakers wins) when its heartbeat is older than its ttl (120 s,
+    ``SRFT_LOCK_TTL_S``), or at once when its holder ran on this same host (same hostname, boot
+    and pid namespace) and its pid is gone, which is said on stderr. On an S3-compatible store that
+    ignores conditional headers the lock is best effort: it is read back after writing and the run
+    refuses if the token is not its own.
+    """
 
     def __init__(self, root: str, stage: str, run_id: str, ttl_s: float | None = None):
         self.root, self.stage, self.run_id = root, stage, run_id
@@ -396,6 +412,7 @@ class Lock:
         self.token = uuid.uuid4().hex
         self.s3 = urlparse(root).scheme == "s3"
         self.etag: str | None = None
+        self._fd: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost: str | None = None
@@ -405,7 +422,8 @@ class Lock:
         now = time.time()
         return json.dumps({
             "stage": self.stage, "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-            "token": self.token, "heartbeat_at": now, "expires_at": now + self.ttl_s, "ttl_s": self.ttl_s,
+            "host_id": _host_id(), "token": self.token, "heartbeat_at": now, "expires_at": now + self.ttl_s,
+            "ttl_s": self.ttl_s,
         }).encode()
 
     @staticmethod
@@ -419,72 +437,25 @@ class Lock:
         if held:
             age = time.time() - float(held.get("heartbeat_at", time.time()))
             left = float(held.get("expires_at", time.time())) - time.time()
-            who = (f"run {held.get('run_id')} of stage {held.get('stage')} (host {held.get('host')}, "
-                   f"pid {held.get('pid')}, last heartbeat {age:.0f}s ago)")
-            tail = f"; if that run is dead, its lock expires in {max(0, left):.0f}s"
+            if self.s3:
+                who = (f"run {held.get('run_id')} of stage {held.get('stage')} (host {held.get('host')}, "
+                       f"pid {held.get('pid')}, last heartbeat {age:.0f}s ago)")
+                tail = f"; if that run is dead, its lock expires in {max(0, left):.0f}s"
+            else:
+                who = (f"run {held.get('run_id')} of stage {held.get('stage')} (host {held.get('host')}, "
+                       f"pid {held.get('pid')}, started {age:.0f}s ago)")
+                tail = ""
         else:
             who, tail = "another run", ""
         return LockHeld(f"output {self.root} is being written by {who}. Wait for it to finish{tail}.")
 
+    def _say_taken_over(self, held: dict, why: str) -> None:
+        print(f"[{self.stage}] output {self.root}: took over the lock of run {held.get('run_id')} "
+              f"(host {held.get('host')}, pid {held.get('pid')}): {why}", file=sys.stderr, flush=True)
+
     # Local disk --------------------------------------------------------------------------------
-    #
-    # Invariant: at most one run holds an unexpired lock, and a lock that is refreshed within its
-    # ttl is never broken. `_lock.json` comes into being only through O_CREAT|O_EXCL (of any number
-    # of creators exactly one succeeds while it is absent); every other change to it (refresh,
-    # release, break) happens while holding `_lock.json.mutex` and only after re-reading the lock
-    # under it: a refresh or release only if the token is still this run's, a break only if the
-    # lock is still expired. So no decision acts on a read another writer has made stale.
-    #
-    # The old break (rename the stale lock aside, then check that what was moved is the stale one,
-    # else put it back) had no such mutex, and gave two winners (test_lock, ~1 trial in 10):
-    #   A, B, C read the stale lock S.  A renames S aside, unlinks it, creates its lock LA: A wins.
-    #   B, which read S before A moved it, renames `_lock.json` (now LA!) aside, reads it: not S.
-    #   C renames: nothing there (B holds LA aside); C creates LC: C wins.
-    #   B's put-back of LA (os.link) fails as LC exists; B drops LA and refuses. A and C both hold.
-    # (Even with one breaker fewer, the put-back left a window with no lock file at all.)
-    #
-    # The mutex is a `flock` on `_lock.json.mutex`: the kernel drops it when its holder dies, so it
-    # never goes stale. flock (unlike fcntl record locks) also excludes the threads of one process
-    # when each opens the file itself. Its holder unlinks the file before unlocking it; a waiter that
-    # then gets the lock on the unlinked inode sees the path no longer names its inode and opens
-    # the path again. It is held for a few syscalls at a time; a holder stopped for MUTEX_WAIT_S
-    # makes acquire refuse and a heartbeat skip a beat.
-
-    MUTEX_WAIT_S = 10.0
-
     def _local_path(self) -> str:
         return io.filesystem(self.uri)[1]
-
-    @contextlib.contextmanager
-    def _local_mutex(self, path: str):
-        mutex = f"{path}.mutex"
-        deadline = time.monotonic() + self.MUTEX_WAIT_S
-        pause = 0.0005
-        while True:
-            fd = os.open(mutex, os.O_CREAT | os.O_RDWR, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{mutex} has been locked for over {self.MUTEX_WAIT_S:.0f}s by another "
-                                       f"process (a stopped one?)") from None
-                time.sleep(pause)
-                pause = min(2 * pause, 0.02)
-                continue
-            try:
-                st = os.stat(mutex)
-                mine = (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
-            except FileNotFoundError:
-                mine = False
-            if mine:
-                break
-            os.close(fd)  # we locked a mutex file its last holder had unlinked: open the path again
-        try:
-            yield
-        finally:
-            os.unlink(mutex)  # still locked: nobody can be using the file at this path but us
-            os.close(fd)
 
     def _local_read(self, path: str) -> tuple[dict | None, float | None]:
         try:
@@ -498,62 +469,46 @@ class Lock:
         except ValueError:
             return None, mtime
 
-    def _local_create(self, path: str) -> bool:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(self._body())
-            f.flush()
-            os.fsync(f.fileno())
-        return True
-
     def _local_acquire(self) -> None:
         path = self._local_path()
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        if self._local_create(path):
-            return
-        held, mtime = self._local_read(path)
-        if mtime is not None and not self._expired(held, mtime):
-            raise self._refuse(held)  # a live lock: refused without taking the mutex
+        while True:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self._refuse(self._local_read(path)[0]) from None
+            try:  # the holder before us unlinks the file before unlocking it: is ours still the path's?
+                st = os.stat(path)
+                mine = (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+            except FileNotFoundError:
+                mine = False
+            if mine:
+                break
+            os.close(fd)
+        left = os.pread(fd, 1 << 16, 0)
         try:
-            with self._local_mutex(path):
-                held, mtime = self._local_read(path)  # again, under the mutex: this read is the truth
-                if mtime is not None:
-                    if not self._expired(held, mtime):
-                        raise self._refuse(held)  # refreshed, or broken and re-taken, since our first read
-                    os.unlink(path)  # stale, and nobody can refresh, release or break it meanwhile
-                if self._local_create(path):
-                    return
-        except TimeoutError as e:
-            raise LockHeld(f"output {self.root} is being taken over by another run: {e}. Retry later.") from None
-        raise self._refuse(self._local_read(path)[0])  # a creator outside the mutex was first
-
-    def _local_refresh(self) -> None:
-        path = self._local_path()
-        with self._local_mutex(path):
-            held, _ = self._local_read(path)
-            if (held or {}).get("token") != self.token:
-                self.lost = f"lock {self.uri} was taken over by {held and held.get('run_id')}"
-                return
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(self._body())
-            os.replace(tmp, path)
+            held = json.loads(left) if left else None
+        except ValueError:
+            held = None
+        if held:  # a holder that released would have unlinked it: this one died holding it
+            self._say_taken_over(held, "its process is gone (the kernel released its lock); no wait needed")
+        body = self._body()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, body, 0)
+        os.fsync(fd)
+        self._fd = fd
 
     def _local_release(self) -> None:
-        path = self._local_path()
+        if self._fd is None:
+            return
         try:
-            with self._local_mutex(path):
-                held, _ = self._local_read(path)
-                if (held or {}).get("token") == self.token:
-                    os.unlink(path)
+            os.unlink(self._local_path())  # still locked: nobody else can be using the file at this path
         except FileNotFoundError:
             pass  # the output folder is gone, and the lock with it
-        except TimeoutError as e:
-            print(f"[{self.stage}] lock {self.uri} not released ({e}); it expires in {self.ttl_s:.0f}s",
-                  file=sys.stderr, flush=True)
+        os.close(self._fd)
+        self._fd = None
 
     # S3 ------------------------------------------------------------------------------------------
     def _s3_loc(self) -> tuple[str, str]:
@@ -586,7 +541,8 @@ class Lock:
                 held, etag, mtime = self._s3_read()
                 if etag is None:
                     continue
-                if not self._expired(held, mtime):
+                gone = holder_gone(held)
+                if not gone and not self._expired(held, mtime):
                     raise self._refuse(held) from None
                 try:  # take the stale lock over only if nobody refreshed or took it meanwhile
                     self.etag = c.put_object(Bucket=bucket, Key=key, Body=self._body(), IfMatch=etag)["ETag"]
@@ -594,6 +550,8 @@ class Lock:
                     if not _precondition_failed(e2):
                         raise
                     continue
+                if gone and held:
+                    self._say_taken_over(held, "it ran on this host and its process is gone; no wait for the ttl")
             held, etag, _ = self._s3_read()  # a store that ignores conditions: verify
             if (held or {}).get("token") != self.token:
                 raise self._refuse(held)
@@ -623,7 +581,10 @@ class Lock:
 
     # Public --------------------------------------------------------------------------------------
     def acquire(self) -> None:
-        (self._s3_acquire if self.s3 else self._local_acquire)()
+        if not self.s3:
+            self._local_acquire()
+            return
+        self._s3_acquire()
         self._thread = threading.Thread(target=self._beat, name=f"lock-heartbeat-{self.stage}", daemon=True)
         self._thread.start()
 
@@ -635,11 +596,11 @@ class Lock:
                 print(f"[{self.stage}] lock heartbeat failed: {e}", file=sys.stderr, flush=True)
 
     def refresh(self) -> None:
-        if self.lost is None:
-            (self._s3_refresh if self.s3 else self._local_refresh)()
+        if self.lost is None and self.s3:
+            self._s3_refresh()
 
     def check(self) -> None:
-        """Raise if this run no longer holds the lock (it stalled past the ttl and another run took it)."""
+        """Raise if this run no longer holds the lock (S3: it stalled past the ttl and another run took it)."""
         if self.s3:
             held, _, _ = self._s3_read()
         else:
@@ -656,6 +617,43 @@ class Lock:
             self._thread.join(timeout=10)
         if self.lost is None:
             (self._s3_release if self.s3 else self._local_release)()
+
+
+def _host_id() -> str:
+    """This host's boot and pid namespace: a pid means the same process only where these agree
+    (two containers can share a hostname, not a pid namespace)."""
+    parts = []
+    for p in ("/proc/sys/kernel/random/boot_id",):
+        try:
+            with open(p) as f:
+                parts.append(f.read().strip())
+        except OSError:
+            parts.append("?")
+    try:
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        parts.append("?")
+    return "/".join(parts)
+
+
+def holder_gone(held: dict | None) -> bool:
+    """Whether a lock's holder ran on this host (hostname, boot and pid namespace) and its process
+    no longer exists. A recycled pid reads as alive: then the lock waits for its ttl, as before."""
+    if not held or held.get("host") != socket.gethostname() or held.get("host_id") != _host_id():
+        return False
+    try:
+        pid = int(held["pid"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # exists, owned by someone else
+    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -754,8 +752,7 @@ class Output:
             stale = (
                 (name.startswith(VERSION_PREFIX) and name not in needed)
                 or name.startswith((STAGING_PREFIX, MANIFEST + ".tmp-", LOCK + ".stale-"))
-                # a heartbeat's temporary file left by a killed run; ours is written and renamed
-                # under the lock's mutex within moments, so one older than a ttl is nobody's
+                # a heartbeat's temporary file left by a run of the old (mutex) lock; nobody's now
                 or (name.startswith(LOCK + ".tmp-") and _age_s(info) > lock_ttl_s())
             )
             if stale:

@@ -97,6 +97,7 @@ def test_kill_loop_local(tmp_path):
     stats = kill_loop(str(tmp_path / "out"), tmp_path, kills=20, seed=1)
     print(stats)
     assert stats["generations_seen"] >= 2
+    assert stats["refused"] == 0  # a killed writer's local lock dies with it: the next run never waits
 
 
 @pytest.mark.slow

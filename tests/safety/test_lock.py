@@ -1,6 +1,7 @@
 """One writer per output, locally and on S3 (moto): a second run is refused while the first
-lives (its heartbeat keeps the lock fresh), a killed run's lock expires, and of several runs that
-find the same stale lock only one takes it."""
+lives (locally its flock, on S3 its heartbeat keeps the lock), a killed run's lock is taken at once
+on the same host (and on S3 from another host after its ttl), and of several runs that find the
+same stale lock only one takes it."""
 
 from __future__ import annotations
 
@@ -50,26 +51,50 @@ def test_second_writer_refused_until_the_first_commits(root):
         assert o.previous.status == "complete"
 
 
-def test_heartbeat_keeps_a_live_lock_and_a_killed_runs_lock_expires(root):
+def test_a_killed_runs_lock_is_taken_at_once_on_the_same_host(root, capfd):
+    """#20 item 4: the holder ran here and its process is gone, so the next run takes the output
+    at once (not after the lock's 120 s) and says so on stderr. Locally the kernel drops the dead
+    holder's flock; on S3 the lock names this host and a pid that no longer exists."""
     out = io.join(root, "out")
+    p = _holder(out, 60, ttl=120)
+    try:
+        with pytest.raises(LockHeld):
+            open_output("hold", out, lock_ttl_s=120)  # alive: refused
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(30)
+        t0 = time.monotonic()
+        with open_output("hold", out, lock_ttl_s=120) as o:
+            held = json.loads(io.read_bytes(io.join(out, LOCK)))
+            assert held["run_id"] == o.run_id and held["pid"] == os.getpid()
+            assert o.previous is None  # the killed run never committed
+        assert time.monotonic() - t0 < 30
+        err = capfd.readouterr().err
+        assert "took over the lock of run" in err and f"pid {p.pid}" in err, err
+        assert not io.exists(io.join(out, LOCK))
+    finally:
+        p.kill()
+
+
+def test_s3_heartbeat_keeps_a_live_lock_and_another_hosts_dead_lock_expires(s3_bucket):
+    out = io.join(s3_bucket, "out")
     ttl = 5.0  # generous: a loaded CI box must still beat within it
     p = _holder(out, 60, ttl=ttl)
     try:
         time.sleep(ttl * 1.5)  # past one ttl: only the heartbeat keeps it held
         with pytest.raises(LockHeld):
             open_output("hold", out, lock_ttl_s=ttl)
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(30)
-        with pytest.raises(LockHeld, match="expires in"):
-            open_output("hold", out, lock_ttl_s=ttl)
-        time.sleep(ttl + 1)
-        with open_output("hold", out, lock_ttl_s=ttl) as o:  # taken over
-            held = json.loads(io.read_bytes(io.join(out, LOCK)))
-            assert held["run_id"] == o.run_id and held["pid"] == os.getpid()
-            assert o.previous is None  # the killed run never committed...
-        assert not io.exists(io.join(out, LOCK))
     finally:
         p.kill()
+        p.wait(30)
+    # A lock from another host: its pid says nothing here, so it waits for its ttl.
+    now = time.time()
+    io.write_bytes(io.join(out, LOCK), json.dumps({
+        **STALE_LOCK, "host": "elsewhere", "token": "x", "heartbeat_at": now, "expires_at": now + ttl}).encode())
+    with pytest.raises(LockHeld, match="expires in"):
+        open_output("hold", out, lock_ttl_s=ttl)
+    time.sleep(ttl + 1)
+    with open_output("hold", out, lock_ttl_s=ttl) as o:  # expired: taken over
+        assert json.loads(io.read_bytes(io.join(out, LOCK)))["run_id"] == o.run_id
 
 
 @pytest.mark.slow  # four real run_stage processes; the in-process race below runs by default
