@@ -9,7 +9,9 @@ from pipeline.errors import UserError
 from pipeline.outcome import UNKNOWN_OUTCOME_CHOICES
 from pipeline.schema import LABELS
 
-RECIPES = ("rft", "unresolved_nomask", "srft_unresolved", "srft_mix")
+# The paper's table (arXiv 2605.10674, Table 1): RFT, the naive mix and SRFT on the mix, plus the
+# unresolved-only pair that isolates the mask. mix_nomask is the naive mix: every run, no mask.
+RECIPES = ("rft", "unresolved_nomask", "srft_unresolved", "mix_nomask", "srft_mix")
 LABEL_RECIPES = ("srft_unresolved", "srft_mix")  # the recipes that read step labels
 # The least max_seq_len / pack.seq_len accepted: the chat template's system prompt, a task and one
 # agent step (assistant turn + observation) never fit in fewer tokens, so a smaller limit would
@@ -46,7 +48,7 @@ class BuildConfig:
     model: str = MISSING  # the student: a folder or URI holding its tokenizer and chat template
     chat_template: Optional[str] = None  # noqa: UP045 - OmegaConf needs Optional; a .jinja file that replaces the model's own template
     end_of_turn: Optional[str] = None  # noqa: UP045 - OmegaConf needs Optional; end-of-turn token; default: found from the template
-    recipe: str = "srft_mix"  # rft | unresolved_nomask | srft_unresolved | srft_mix
+    recipe: str = "srft_mix"  # rft | unresolved_nomask | srft_unresolved | mix_nomask (naive mix) | srft_mix
     # resolved=null trajectories: `unresolved` (trained like failed runs, masks from their labels
     # under srft_*) or `exclude` (resolution_unknown). Same value as label's; see pipeline/outcome.py.
     unknown_outcome: str = "unresolved"

@@ -135,12 +135,12 @@ def select(recipe: str, resolved: bool | None, num_steps: int, labels: dict | No
             "resolution_unknown", "no evaluation result says whether it was resolved (unknown_outcome=exclude)", True
         )
     if resolved:
-        if recipe in ("rft", "srft_mix"):
+        if recipe in ("rft", "mix_nomask", "srft_mix"):
             return Selection("resolved_all", frozenset())
         return Rejection("resolved_not_in_recipe", f"recipe {recipe} trains unresolved trajectories only", True)
     if recipe == "rft":
         return Rejection("unresolved_not_in_recipe", "recipe rft trains resolved trajectories only", True)
-    if recipe == "unresolved_nomask":
+    if recipe in ("unresolved_nomask", "mix_nomask"):  # no labels read: every step trained
         return Selection("unresolved_all", frozenset())
     # srft_unresolved / srft_mix: unresolved minus the masked steps
     if labels is not None:

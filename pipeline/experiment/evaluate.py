@@ -231,7 +231,22 @@ def decision_points(student: Student, tasks: list[Task], greedy: bool = True) ->
     return out
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a success rate. Unlike the normal approximation it stays
+    inside [0, 1] and is not empty at 0 or n successes, which is where a small student lives:
+    0 of 24 gives [0, 0.14], not [0, 0]."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
 def closed_loop(student: Student, tasks: list[Task]) -> dict:
+    """Let `student` act in a fresh environment of each task until it submits or runs out of steps;
+    success is the environment's own check (env.Env.resolved). `student` needs only
+    ``greedy(contexts) -> [action | None]``, so a scripted policy is measured the same way."""
     envs = [Env(t) for t in tasks]
     conversations = [t.prompt() for t in tasks]
     invalid = 0
@@ -252,8 +267,10 @@ def closed_loop(student: Student, tasks: list[Task]) -> dict:
             obs = envs[i].step(action["name"], action["arguments"])
             conversations[i] = conversations[i] + [
                 gen.tool_call_message(action, f"call_{k}"), {"role": "tool", "tool_call_id": f"call_{k}", "content": obs}]
+    successes = sum(e.resolved() for e in envs)
     return {
         "success": float(np.mean([e.resolved() for e in envs])),
+        "success_ci95": list(wilson_interval(successes, len(envs))),
         "fixed": float(np.mean([e.fixed() for e in envs])),
         "submitted": float(np.mean([e.submitted for e in envs])),
         "invalid_actions": invalid,

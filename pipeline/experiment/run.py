@@ -31,6 +31,8 @@ from pipeline.experiment import stages
 from pipeline.experiment.env import make_tasks
 from pipeline.experiment.student import student_tokenizer
 
+# The default set, sized for the ~40-minute budget; `recipes=[...,mix_nomask]` adds the paper's naive mix
+# (every build recipe of pipeline.build.config.RECIPES is accepted).
 RECIPES = ["rft", "unresolved_nomask", "srft_unresolved", "srft_mix"]
 
 
@@ -84,7 +86,8 @@ def mistake_frequencies(runs: list[gen.Run], labels: list[dict], recipe: str, th
     masked = {(r["traj_id"], r["step"]) for r in labels
               if r["label"] == "mistake" and r["confidence"] >= threshold}  # float64 here, as documented
     use = {"rft": lambda r: r.resolved, "unresolved_nomask": lambda r: not r.resolved,
-           "srft_unresolved": lambda r: not r.resolved, "srft_mix": lambda r: True}[recipe]
+           "srft_unresolved": lambda r: not r.resolved, "mix_nomask": lambda r: True,
+           "srft_mix": lambda r: True}[recipe]
     point = {"mistake_delete": (2, "delete_test"), "mistake_edit": (3, "edit_test")}
     out = {}
     for name, (step, kind) in point.items():

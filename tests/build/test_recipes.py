@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from pipeline.build.config import RECIPES
 from pipeline.build.labels import Rejection, Selection, compact, index_from_compact, select
 from pipeline.build.records import build_records
 from pipeline.schema import TRAJECTORY
@@ -73,6 +74,9 @@ PART = {"num_labeled": 2, "max_step": 1, "num_bad": 0, "masked_steps": [1]}
         ("srft_unresolved", True, FULL, "exclude", "resolved_not_in_recipe"),
         ("srft_unresolved", False, None, "exclude", "unlabeled"),
         ("srft_unresolved", False, PART, "exclude", "partially_labeled"),
+        ("mix_nomask", True, None, "exclude", ("resolved_all", set())),  # the naive mix: both kinds,
+        ("mix_nomask", False, FULL, "exclude", ("unresolved_all", set())),  # labels never read
+        ("mix_nomask", False, None, "exclude", ("unresolved_all", set())),
         ("srft_mix", True, FULL, "exclude", ("resolved_all", set())),  # resolved: every step trained
         ("srft_mix", False, FULL, "exclude", ("unresolved_masked", {1})),
         ("srft_mix", False, None, "exclude", "unlabeled"),
@@ -104,7 +108,7 @@ def trajectories(n_steps: dict[str, tuple[int, bool | None]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=TRAJECTORY)
 
 
-@pytest.mark.parametrize("recipe", ["rft", "unresolved_nomask", "srft_unresolved", "srft_mix"])
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_records_per_recipe(builder, recipe):
     trajs = trajectories({"res": (6, True), "unres": (6, False), "nolab": (3, False), "unk": (2, None)})
     index, _ = index_for(labels_table({"res": 6, "unres": 6}))  # mistake >= 0.5 at steps 1 (0.9)
@@ -112,7 +116,7 @@ def test_records_per_recipe(builder, recipe):
     assert out["unk"]["reason"] == "resolution_unknown"
     docs = {t for t, r in out.items() if r["status"] == "doc"}
     expected = {"rft": {"res"}, "unresolved_nomask": {"unres", "nolab"}, "srft_unresolved": {"unres"},
-                "srft_mix": {"res", "unres"}}[recipe]
+                "mix_nomask": {"res", "unres", "nolab"}, "srft_mix": {"res", "unres"}}[recipe]
     assert docs == expected
     tok = builder.tokenizer
     for tid in docs:
@@ -130,7 +134,7 @@ def test_records_per_recipe(builder, recipe):
         assert "OBSERVATION" not in trained and "task" not in trained and "sys" not in trained
 
 
-@pytest.mark.parametrize("recipe", ["rft", "unresolved_nomask", "srft_unresolved", "srft_mix"])
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_unknown_outcome_unresolved_trains_them_like_failed_runs(builder, recipe):
     """unknown_outcome=unresolved (the default): resolved=null trajectories go where unresolved ones
     go, masked from their labels under srft_* and needing labels like them."""
@@ -141,7 +145,7 @@ def test_unknown_outcome_unresolved_trains_them_like_failed_runs(builder, recipe
     assert out["unk"]["outcome_unknown"] == (recipe != "rft") and not out["unres"]["outcome_unknown"]
     if recipe == "rft":
         assert out["unk"]["reason"] == "unresolved_not_in_recipe"
-    elif recipe == "unresolved_nomask":
+    elif recipe in ("unresolved_nomask", "mix_nomask"):
         assert out["unk_nolab"]["status"] == "doc" and out["unk"]["num_masked_tokens"] == 0
     else:
         assert out["unk"]["kind"] == "unresolved_masked" and out["unk"]["num_masked_tokens"] > 0
