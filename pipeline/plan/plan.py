@@ -178,7 +178,7 @@ def plan_label(cfg: PlanConfig, preset: str) -> dict:
     if tp > cfg.gpu.per_node:
         raise UserError(f"{where}: critic.tensor_parallel_size={tp} exceeds the {cfg.gpu.per_node} GPUs of a node; "
                         f"use TP <= {cfg.gpu.per_node}")
-    if c.num_gpus_per_actor != tp:
+    if c.num_gpus_per_actor not in (None, tp):  # None: derived from TP (CriticConfig.actor_resources)
         raise UserError(f"{where}: critic.num_gpus_per_actor={c.num_gpus_per_actor} must equal "
                         f"critic.tensor_parallel_size={tp} (one engine per actor)")
     if model.num_attention_heads % tp:

@@ -34,6 +34,12 @@ class VLLMBackend:
         for k, v in (c.env or {}).items():
             os.environ.setdefault(k, str(v))
         from vllm import LLM
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():  # this actor's own cores for its TP ranks (cpu_bind.py)
+            from pipeline.label.cpu_bind import bind_engine
+
+            bind_engine(c)
 
         self.c = c
         self.llm = LLM(
