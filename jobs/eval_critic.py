@@ -12,6 +12,9 @@ from pipeline.config import help_text
 from pipeline.label.config import EvalCriticConfig
 from pipeline.label.eval_critic import main as evaluate
 
+# the config the command line is parsed into (tests/test_errors.py generates its bad-input cases from it)
+CONFIG = EvalCriticConfig
+
 
 def main(argv: list[str]) -> dict | None:
     if cli.wants_help(argv):

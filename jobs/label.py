@@ -8,6 +8,9 @@ import sys
 from pipeline import cli
 from pipeline.label.stage import STAGE
 
+# the config the command line is parsed into (tests/test_errors.py generates its bad-input cases from it)
+CONFIG = STAGE.config
+
 
 def main(argv: list[str]) -> dict:
     return cli.run_stage_cli(STAGE, argv)

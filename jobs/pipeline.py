@@ -11,6 +11,9 @@ import sys
 from pipeline import cli, driver
 from pipeline.config import help_text, load_config, resolve_outputs_for_ray_job, to_yaml
 
+# the config the command line is parsed into (tests/test_errors.py generates its bad-input cases from it)
+CONFIG = driver.PipelineConfig
+
 
 def main(argv: list[str]) -> dict[str, dict] | None:
     if cli.wants_help(argv):

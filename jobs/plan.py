@@ -14,6 +14,9 @@ from pipeline import cli
 from pipeline.config import help_text, load_config
 from pipeline.plan.config import PlanConfig
 
+# the config the command line is parsed into (tests/test_errors.py generates its bad-input cases from it)
+CONFIG = PlanConfig
+
 
 def main(argv: list[str]) -> dict | None:
     if cli.wants_help(argv):
