@@ -37,6 +37,7 @@ from pipeline import io
 from pipeline.config import redacted
 from pipeline.errors import StageFailed, UserError
 from pipeline.label.actor import CriticActor
+from pipeline.label.autoscale import actor_bundles, holding_demand
 from pipeline.label.config import LabelConfig, confidence_mode
 from pipeline.label.prompt import PROMPT_VERSION
 from pipeline.label.secrets import SecretRef, scrub, secret_env_names, secret_values
@@ -289,7 +290,10 @@ def run(cfg: LabelConfig, out=None) -> dict:
         )
         aborted = None
         try:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            # The autoscaler is asked for the full pool while it runs (Ray Data alone does not grow it:
+            # pipeline/label/autoscale.py); withdrawn when the batches end or fail.
+            bundles = actor_bundles(c.pool.max, remote.get("num_gpus", 0), remote.get("num_cpus", 0))
+            for batch in holding_demand(ds.iter_batches(batch_format="pyarrow", batch_size=None), bundles):
                 n, bad = 0, 0
                 for o in batch.to_pylist():
                     if o["traj_id"] in written or o["traj_id"] not in selected_set:
