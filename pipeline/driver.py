@@ -9,6 +9,7 @@ complete for the same config and inputs is skipped; ``force=true`` re-runs it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -20,6 +21,7 @@ from pipeline.errors import UserError
 from pipeline.ingest.config import IngestConfig
 from pipeline.label.config import LabelConfig
 from pipeline.manifest import Stage, run_stage
+from pipeline.reference_labels import ReferenceLabelsConfig
 from pipeline.report.config import ReportConfig
 from pipeline.train.config import TrainConfig
 
@@ -45,6 +47,8 @@ class PipelineConfig:
     build: BuildConfig = field(default_factory=BuildConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    # Also build with hand-made labels (the demo: its critic marks no mistake), beside the critic's build.
+    reference_labels: ReferenceLabelsConfig = field(default_factory=ReferenceLabelsConfig)
 
     # validation messages of these name the key as typed here (`label.critic.pool.min`)
     STAGE_FIELDS: ClassVar[tuple[str, ...]] = ("ingest", "label", "build", "train", "report")
@@ -86,7 +90,27 @@ def run(cfg: PipelineConfig) -> dict[str, dict]:
         stage_cfg = getattr(cfg, name)
         print(f"[pipeline] {name} -> {stage_cfg.output}", flush=True)
         manifests[name] = run_stage(name, stage_cfg, stage.inputs(stage_cfg), stage_cfg.output, stage.run, cfg.force)
+        if name == "build" and cfg.reference_labels.input:
+            manifests.update(build_with_reference_labels(cfg))
     return manifests
+
+
+def build_with_reference_labels(cfg: PipelineConfig) -> dict[str, dict]:
+    """The build stage once more, with the hand-made labels of `reference_labels` instead of the
+    critic's: same trajectories, model and settings, its own output. The report shows both builds."""
+    from pipeline import reference_labels
+
+    ref = cfg.reference_labels
+    if not (ref.output and ref.train_rows):
+        raise UserError("reference_labels.input is set: set reference_labels.output and reference_labels.train_rows too")
+    print(f"[pipeline] {ref.name} -> {ref.output}", flush=True)
+    labels = run_stage(reference_labels.STAGE.name, ref, reference_labels.STAGE.inputs(ref), ref.output,
+                       reference_labels.STAGE.run, cfg.force)
+    build = stages()["build"]
+    build_cfg = dataclasses.replace(cfg.build, labels=ref.output, output=ref.train_rows)
+    print(f"[pipeline] build with {ref.name} -> {ref.train_rows}", flush=True)
+    rows = run_stage("build", build_cfg, build.inputs(build_cfg), build_cfg.output, build.run, cfg.force)
+    return {"ref_labels": labels, "ref_build": rows}  # the hand-made labels, the build with them
 
 
 
@@ -94,7 +118,7 @@ def print_outputs(manifests: dict[str, dict], cfg: PipelineConfig) -> None:
     print("\n[pipeline] done. Outputs:")
     for name, m in manifests.items():
         state = "skipped (complete)" if m["skipped"] else f"ran in {m['duration_s']}s"
-        print(f"  {name:7s} {m['output']}  rows_in={m['rows_in']} rows_out={m['rows_out']}  {state}")
+        print(f"  {name:10s} {m['output']}  rows_in={m['rows_in']} rows_out={m['rows_out']}  {state}")
     from pipeline.cli import committed_folder
 
     if "train" in manifests:
@@ -102,3 +126,5 @@ def print_outputs(manifests: dict[str, dict], cfg: PipelineConfig) -> None:
     if "report" in manifests:
         folder = committed_folder(cfg.report.output)
         print(f"  report: {io.join(folder, 'report.md')}  (and report.html)")
+        if io.exists(io.join(cfg.report.output, "inspect.html")):
+            print(f"  masks:  {io.join(folder, 'inspect.html')}  (one document's tokens: trained, masked, context)")

@@ -51,13 +51,15 @@ class Step:
     label: str | None = None
     confidence: float | None = None
     reason: str | None = None
+    source: str | None = None  # who labelled it: the label row's critic_model (a model, or hand-made labels)
 
     def describe(self) -> str:
         state = "trained" if self.trained else "MASKED"
         if self.label is None:
             return f"step {self.number} · {state}"
         why = f": {self.reason}" if self.reason else ""
-        return f"step {self.number} · {state} · {self.label} (confidence {self.confidence:.2f}){why}"
+        by = f" [{self.source}]" if self.source else ""
+        return f"step {self.number} · {state} · {self.label} (confidence {self.confidence:.2f}){why}{by}"
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Inspection:
     note: str = ""  # how the roles were obtained, or why only the stored mask is shown
     model: str = ""
     settings: dict = field(default_factory=dict)
+    labels: str | None = None  # the STEP_LABEL folder the build read
 
     def counts(self) -> dict[str, int]:
         return {r: self.roles.count(r) for r in ROLES}
@@ -148,7 +151,8 @@ def token_texts(tokenizer, ids: np.ndarray) -> list[str]:
 def _label_rows(labels: str | None, traj_id: str) -> dict[int, dict]:
     if not labels:
         return {}
-    t = _filtered(labels, STEP_LABEL, traj_id, ["traj_id", "step", "label", "confidence", "reason", "run_id"])
+    t = _filtered(labels, STEP_LABEL, traj_id,
+                  ["traj_id", "step", "label", "confidence", "reason", "critic_model", "run_id"])
     newest: dict[int, dict] = {}
     for r in sorted(t.to_pylist(), key=lambda r: r["run_id"]):  # the newest run wins, as in the build
         newest[r["step"]] = r
@@ -223,7 +227,7 @@ def _inspect_one(rows, row, position, traj_id, settings, model, trajectories, la
     insp = Inspection(
         traj_id=traj_id, rows=rows, row=row, position=position, recipe=settings.get("recipe", "?"),
         ids=ids, loss_mask=mask, tokens=[], roles=["trained" if m else "context" for m in mask],
-        model=model, settings=settings,
+        model=model, settings=settings, labels=labels,
     )
     notes = []
     traj = None
@@ -272,6 +276,7 @@ def _inspect_one(rows, row, position, traj_id, settings, model, trajectories, la
         insp.steps.append(Step(
             number=k, header=headers[k], start=t0, end=t1, stop=headers[k + 1], trained=trained,
             label=lab.get("label"), confidence=lab.get("confidence"), reason=lab.get("reason"),
+            source=lab.get("critic_model"),
         ))
         for t in range(t0, t1):
             roles[t] = "trained" if trained else "masked"

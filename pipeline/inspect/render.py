@@ -57,6 +57,12 @@ def _span(insp: Inspection, t: int, extra: str) -> str:
     return f'<span class="t {role}" title="{html.escape(tip)}">{html.escape(text)}</span>'
 
 
+def _sources(insp: Inspection) -> str:
+    """Who labelled the steps (the label rows' critic_model): a critic model or hand-made labels."""
+    names = sorted({st.source for st in insp.steps if st.source})
+    return f" ({html.escape(', '.join(names))})" if names else ""
+
+
 def to_html(insp: Inspection) -> str:
     c = insp.counts()
     total = len(insp.ids)
@@ -70,7 +76,8 @@ def to_html(insp: Inspection) -> str:
         f"<h1>SRFT loss mask of trajectory {html.escape(insp.traj_id)}</h1>",
         (f'<p class="meta">rows {html.escape(insp.rows)} · training row {insp.row}, document {insp.position} · '
          f"recipe {html.escape(str(insp.recipe))} · mask.labels {html.escape(str(mask.get('labels', '?')))} · "
-         f"mask.threshold {html.escape(str(mask.get('threshold', '?')))} · model {html.escape(str(insp.model))}</p>"),
+         f"mask.threshold {html.escape(str(mask.get('threshold', '?')))} · model {html.escape(str(insp.model))} · "
+         f"labels {html.escape(str(insp.labels))}{_sources(insp)}</p>"),
         f'<p class="note{"" if insp.verified else " unverified"}">{html.escape(insp.note)}</p>',
         '<div class="legend">' + "".join(f'<span class="{r}">{html.escape(LEGEND[r])}</span>' for r in ROLES) + "</div>",
         '<table class="counts"><tr><th></th>' + "".join(f"<th>{r}</th>" for r in ROLES) + "<th>all</th></tr>",

@@ -6,6 +6,7 @@ import time
 
 from pipeline import io
 from pipeline.config import redacted
+from pipeline.errors import InputNotFound, UserError
 from pipeline.report import load, plots, render, stats
 from pipeline.report.config import ReportConfig
 from pipeline.schema import LABEL_ERROR, STEP_LABEL, TRAINING_ROW
@@ -23,7 +24,6 @@ def _inspector_page(train_rows: str, notes: dict) -> tuple[bytes | None, dict | 
     """The mask inspector's page for the first built document with a masked step, so a reader of
     the report sees the masks token by token (`python -m jobs.inspect` renders any other one).
     An appendix: when the rows cannot be re-derived (the model moved, say), the report says why."""
-    from pipeline.errors import UserError
     from pipeline.inspect.config import InspectConfig
     from pipeline.inspect.document import inspect_document
     from pipeline.inspect.render import to_html
@@ -38,15 +38,33 @@ def _inspector_page(train_rows: str, notes: dict) -> tuple[bytes | None, dict | 
                                            "steps": len(insp.steps), "verified": insp.verified}
 
 
+def _reference_build(cfg: ReportConfig, inputs: dict, notes: dict) -> dict | None:
+    """The build made with `cfg.reference` labels: its label counts and tokens per recipe."""
+    ref = cfg.reference
+    if not ref.train_rows:
+        return None
+    for key in ("labels", "train_rows"):
+        uri = getattr(ref, key)
+        ok = bool(uri) and io.exists(uri)
+        inputs[f"reference_{key}"] = {"uri": uri, "status": f"read ({ref.name})" if ok else "missing"}
+        if not ok:
+            notes["reference"] = f"`reference.{key}` = `{uri}` does not exist: no build with {ref.name}"
+            return None
+    labels = load.read_columns(ref.labels, STEP_LABEL, load.LABEL_COLUMNS)["label"].to_pylist()
+    return {"name": ref.name, "labels": ref.labels, "train_rows": ref.train_rows,
+            "label_counts": {lab: labels.count(lab) for lab in stats.LABELS},
+            "recipes": stats.recipe_tokens(load.read_columns(ref.train_rows, TRAINING_ROW, load.TRAIN_ROW_COLUMNS))}
+
+
 def make_report(cfg: ReportConfig, run_id: str) -> tuple[dict, dict[str, bytes]]:
     """Return (the report's numbers, {relative file name: bytes}) for `cfg`."""
     for name in ("trajectories", "labels"):  # required: fail at once, naming the input
         uri = getattr(cfg, name)
         if not io.exists(uri):
-            raise FileNotFoundError(f"input {name}={uri!r} does not exist")
+            raise InputNotFound(f"{name}={uri}: no such input (has that stage run?)")
     unknown = set(cfg.mask.labels) - set(stats.LABELS)
     if unknown:
-        raise ValueError(f"mask.labels {sorted(unknown)} are not labels (labels are {list(stats.LABELS)})")
+        raise UserError(f"mask.labels={sorted(unknown)} are not labels (labels are {', '.join(stats.LABELS)})")
     errors_uri = cfg.label_errors or io.join(cfg.labels, "_errors")
     inputs = {"trajectories": {"uri": cfg.trajectories, "status": "read"},
               "labels": {"uri": cfg.labels, "status": "read"}}
@@ -113,9 +131,19 @@ def make_report(cfg: ReportConfig, run_id: str) -> tuple[dict, dict[str, bytes]]
         "plots/confidence_histogram.png": plots.confidence_histogram(report["confidence"], cfg.mask.threshold),
         "plots/threshold_sweep.png": plots.threshold_sweep(report["sweep"], report["recipes"]),
     }
+    report["reference"] = _reference_build(cfg, inputs, notes)
     report["inspector"] = None
     if report["recipes"] and cfg.inspect:
         page, report["inspector"] = _inspector_page(cfg.train_rows, notes)
+        if report["inspector"]:
+            report["inspector"]["labels_from"] = "the critic"
+        if report["reference"] and (page is None or not report["inspector"]["masked_steps"]):
+            # the critic's build masks nothing (the demo's tiny critic): show the reference build's masks
+            ref_page, ref_insp = _inspector_page(cfg.reference.train_rows, notes)
+            if ref_insp and ref_insp["masked_steps"]:
+                critic_masked = report["inspector"]["masked_steps"] if report["inspector"] else None
+                page, report["inspector"] = ref_page, {**ref_insp, "labels_from": cfg.reference.name,
+                                                       "critic_build_masked_steps": critic_masked}
         if page:
             files["inspect.html"] = page
     if report["recipes"]:

@@ -30,6 +30,15 @@ class TokenCountConfig:
 
 
 @dataclass
+class ReferenceBuildConfig:
+    # A second build of the same trajectories with other labels than the critic's (the demo: the
+    # sample's hand-made ones, pipeline/reference_labels.py), reported beside the critic's build.
+    labels: str | None = None  # STEP_LABEL shards of those labels
+    train_rows: str | None = None  # the build stage's output made with them
+    name: str = "reference labels (hand-made)"  # what the report calls them
+
+
+@dataclass
 class ReportConfig:
     trajectories: str = MISSING  # TRAJECTORY shards (ingest output)
     labels: str = MISSING  # STEP_LABEL shards (label output)
@@ -46,3 +55,4 @@ class ReportConfig:
     inspect: bool = True  # also write inspect.html: the mask inspector's page of one masked document
     mask: MaskSweepConfig = field(default_factory=MaskSweepConfig)
     tokens: TokenCountConfig = field(default_factory=TokenCountConfig)
+    reference: ReferenceBuildConfig = field(default_factory=ReferenceBuildConfig)

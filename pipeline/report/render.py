@@ -118,13 +118,31 @@ def markdown(r: dict) -> str:
                       f"{v['num_masked_tokens']:,}", f"{v['num_context_tokens']:,}", pct(v["trained_share"]),
                       pct(v["masked_share_of_trainable"])] for k, v in r["recipes"].items()])
         L += _img("recipe_tokens.png", "tokens per recipe")
+    ref = r.get("reference")
+    if ref:
+        L += [f"### The same build with {ref['name']}", ""]
+        counts = ", ".join(f"{k} {v}" for k, v in ref["label_counts"].items())
+        L += [(f"Built from the same trajectories, model and settings, with the labels in `{ref['labels']}` "
+               f"instead of the critic's ({counts}). Not the critic's judgement: a fixed labelling that shows "
+               f"what masking does. Rows: `{ref['train_rows']}`."), ""]
+        L += _table(["recipe", "rows", "documents", "tokens", "trained", "masked", "masked / (trained + masked)"],
+                    [[k, v["rows"], v["documents"], f"{v['num_tokens']:,}", f"{v['num_trained_tokens']:,}",
+                      f"{v['num_masked_tokens']:,}", pct(v["masked_share_of_trainable"])]
+                     for k, v in ref["recipes"].items()])
+    elif r["notes"].get("reference"):
+        L += _skipped(r["notes"]["reference"])
     insp = r.get("inspector")
     if insp:
         masked = ", ".join(str(n) for n in insp["masked_steps"]) or "none"
+        source = insp.get("labels_from", "the critic")
         L += [(f"**Masks token by token:** [inspect.html](inspect.html) shows every token of the built document "
-               f"`{insp['traj_id']}` coloured by role (prompt, context, trained, masked mistake step with the "
-               f"critic's label, confidence and reason on hover); masked steps: {masked} of {insp['steps']}. "
-               "Any other document: `python -m jobs.inspect rows=<build output> traj_id=<id>`."), ""]
+               f"`{insp['traj_id']}` coloured by role (prompt, context, trained, masked mistake step with its "
+               f"label, confidence and reason on hover), labels from **{source}**; masked steps: {masked} of "
+               f"{insp['steps']}. Any other document: `python -m jobs.inspect rows=<build output> traj_id=<id>`."), ""]
+        if source != "the critic":
+            L += [("The critic's own build masks no step of its documents (no step labelled "
+                   f"{{{', '.join(s['mask_labels'])}}} at confidence ≥ {s['current_threshold']:g}), so the page "
+                   f"shows the build with {source}."), ""]
     elif r["notes"].get("inspector"):
         L += _skipped(r["notes"]["inspector"])
 

@@ -51,7 +51,8 @@ def run(cfg: ReportConfig, out: Output | None = None) -> dict:
 def inputs(cfg: ReportConfig) -> dict[str, str | None]:
     return {"trajectories": cfg.trajectories, "labels": cfg.labels,
             "label_errors": cfg.label_errors or io.join(cfg.labels, "_errors"),
-            "train_rows": cfg.train_rows, "train_metrics": cfg.train_metrics}
+            "train_rows": cfg.train_rows, "train_metrics": cfg.train_metrics,
+            "reference_labels": cfg.reference.labels, "reference_train_rows": cfg.reference.train_rows}
 
 
 STAGE = Stage(name="report", config=ReportConfig, run=run, inputs=inputs)
