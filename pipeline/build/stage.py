@@ -9,20 +9,27 @@ The join on traj_id never materialises the trajectories. Labels are small (one r
 fields); Ray Data streams them through `labels.compact` into a per-trajectory index (traj_id,
 number of labelled steps, masked step numbers) that is put once in the object store and shared
 zero-copy by the tokenizer actors. The trajectories then stream block by block through the actors,
-which look their traj_ids up in the index, tokenise, and emit one record per trajectory. The driver
-consumes that stream (Ray Data's backpressure bounds what is in flight), packs documents with a
-bounded best-fit-decreasing window, and writes shards as they fill. Memory therefore grows with
-neither the token volume nor the number of output rows; only the label index grows, with the number
-of labelled trajectories (tens of bytes each).
+which look their traj_ids up in the index, tokenise, and emit one record per trajectory. The records
+go to a Ray Data datasink (pipeline/build/sink.py): each write task packs one unit of consecutive
+records (at least 4 x pack.window) with the bounded best-fit-decreasing window, writes its rows and
+side-table rows into the run's version folder, and returns a few counters, which the driver sums into
+the summary. No token passes through the driver.
+
+Why memory is bounded: the driver holds the label index and the units' counters (tens of bytes per
+labelled trajectory, about a hundred per unit), nothing per token or per row. Ray Data's
+backpressure bounds the records in flight between the actors and the write tasks; an actor holds one
+batch of `batch_size` trajectories; a write task holds one unit's records (Ray Data keeps the blocks
+of a write call alive until it returns), the packer's window and open rows (a subset of those
+records) and at most `rows_per_shard` packed rows before it writes them. None of these grows with the
+token volume or the number of output rows; only the label index grows, with the number of labelled
+trajectories.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -31,14 +38,14 @@ from pipeline import io
 from pipeline.build.builder import MaskBuilder
 from pipeline.build.config import LABEL_RECIPES, BuildConfig, token_limit, validate
 from pipeline.build.labels import LABEL_COLUMNS, compact, index_from_compact
-from pipeline.build.packing import Doc, StreamingPacker, pack_row
-from pipeline.build.records import OPTIONAL_TRAJ_COLUMNS, TRAJ_COLUMNS, build_records, rows_table
+from pipeline.build.records import OPTIONAL_TRAJ_COLUMNS, TRAJ_COLUMNS, build_records
+from pipeline.build.sink import TrainingRowSink, combine, unit_records
 from pipeline.commit import Output
 from pipeline.config import redacted
 from pipeline.manifest import Stage, run_direct
 from pipeline.progress import Progress
 from pipeline.runtime import init_ray, new_run_id
-from pipeline.schema import BUILD_ERROR, STEP_LABEL, TRAJECTORY, check_version
+from pipeline.schema import STEP_LABEL, TRAJECTORY, check_version
 
 
 class BuildWorker:
@@ -105,24 +112,6 @@ def _label_index(cfg: BuildConfig) -> tuple[pa.Table, dict]:
     }
 
 
-class _ShardWriter:
-    def __init__(self, folder: str, rows_per_shard: int):
-        self.folder, self.rows_per_shard = folder, rows_per_shard
-        self.rows: list[dict] = []
-        self.shards = 0
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= self.rows_per_shard:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.rows:
-            io.write_table(rows_table(self.rows), io.join(self.folder, f"part-{self.shards:05d}.parquet"))
-            self.shards += 1
-            self.rows = []
-
-
 def run(cfg: BuildConfig, out: Output | None = None) -> dict:
     if out is None:  # called directly: open, run and commit as the command does
         return run_direct(STAGE, cfg)
@@ -138,10 +127,11 @@ def run(cfg: BuildConfig, out: Output | None = None) -> dict:
               "tool_calls; trajectories with tool calls become error rows (tool_calls_not_rendered). Pass "
               "chat_template=FILE.jinja with a template that renders them.", file=sys.stderr, flush=True)
     init_ray()
-    # Deterministic builds: Ray Data hands the records over in input order (files sorted by
-    # io.list_files, rows in file order), whatever order the actors finish in, so the packer sees
-    # the same document sequence and the same inputs and config give byte-identical rows. The
-    # cost is head-of-line waiting behind a slow batch, bounded by Ray Data's backpressure.
+    # Deterministic builds: Ray Data hands the records to the write operator in input order (files
+    # sorted by io.list_files, rows in file order), whatever order the actors finish in, so the write
+    # tasks get the same units, numbered alike, and the same inputs and config give byte-identical
+    # rows (pipeline/build/sink.py). The cost is head-of-line waiting behind a slow batch, bounded
+    # by Ray Data's backpressure.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     run_id = new_run_id()
     index_ref, label_stats = [], {}
@@ -159,71 +149,19 @@ def run(cfg: BuildConfig, out: Output | None = None) -> dict:
         num_cpus=cfg.worker_cpus,
     )
 
-    staging = out.uri  # this run's version folder; run_stage commits it
-    writer = _ShardWriter(staging, cfg.rows_per_shard)
-    packer = (
-        StreamingPacker(cfg.pack.seq_len, cfg.pack.window, cfg.pack.max_open_bins, cfg.pack.target_fill)
-        if cfg.pack.enabled
-        else None
-    )
-    side = {"error": [], "excluded": []}
-    reasons = {"error": Counter(), "excluded": Counter()}
-    kinds: Counter = Counter()
-    tok = Counter()
-    tools = Counter()
-    row_tokens: list[int] = []
-
-    def emit(docs: list[Doc]) -> None:
-        row = pack_row(docs, cfg.recipe)
-        row_tokens.append(row["num_tokens"])
-        tok["trained"] += row["num_trained_tokens"]
-        tok["docs_in_rows"] += len(docs)
-        writer.add(row)
-
-    rows_in = 0
-    # Trajectories done of those in the input (from the Parquet footers), with rate, ETA and the
-    # errors so far; documents built and excluded ride along.
-    progress = Progress("build", shards["rows"], "trajectories")
-    for batch in records.iter_batches(batch_format="pyarrow", batch_size=None):
-        rows_in += batch.num_rows
-        status = batch["status"].to_pylist()
-        progress.update(done=batch.num_rows, errors=status.count("error"),
-                        documents=sum(kinds.values()) + status.count("doc"),
-                        excluded=sum(reasons["excluded"].values()) + status.count("excluded"))
-        for i, st in enumerate(status):
-            if st != "doc":
-                r = {k: batch[k][i].as_py() for k in ("traj_id", "reason", "detail")}
-                side[st].append(r)
-                reasons[st][r["reason"]] += 1
-                continue
-            ids = batch["input_ids"][i].values.to_numpy(zero_copy_only=False)
-            mask = batch["loss_mask"][i].values.to_numpy(zero_copy_only=False)
-            doc = Doc(batch["traj_id"][i].as_py(), ids, mask, batch["num_masked_tokens"][i].as_py())
-            kinds[batch["kind"][i].as_py()] += 1
-            function_calling, has_tools = batch["function_calling"][i].as_py(), batch["has_tools"][i].as_py()
-            tools["documents_with_tools"] += has_tools
-            tools["function_calling_documents"] += function_calling
-            tools["tools_missing"] += function_calling and not has_tools
-            tok["outcome_unknown_documents"] += batch["outcome_unknown"][i].as_py()
-            tok["total"] += len(doc)
-            tok["masked"] += doc.num_masked_tokens
-            tok["trained_before_packing"] += int(mask.sum(dtype=np.int64))
-            tok["truncated_tokens"] += batch["truncated_tokens"][i].as_py()
-            tok["truncated_steps"] += batch["truncated_steps"][i].as_py()
-            tok["truncated_rows"] += int(batch["truncated_tokens"][i].as_py() > 0)
-            tok["straddled_steps"] += batch["straddled_steps"][i].as_py()
-            if packer is None:
-                emit([doc])
-            else:
-                for b in packer.add(doc):
-                    emit(b.docs)
-    if packer is not None:
-        for b in packer.flush():
-            emit(b.docs)
-    writer.flush()
-    for st, folder in (("error", "_errors"), ("excluded", "_excluded")):
-        if side[st]:
-            io.write_table(pa.Table.from_pylist(side[st], schema=BUILD_ERROR), io.join(staging, folder, "part-00000.parquet"))
+    # Packing and writing happen in Ray Data write tasks, one packing unit (a run of consecutive
+    # records) per task (pipeline/build/sink.py); the driver gets each unit's counters back.
+    sink = TrainingRowSink(cfg, out.uri)  # out.uri: this run's version folder; run_stage commits it
+    records.write_datasink(sink)
+    c = combine(sink.units)
+    rows_in, kinds, tok, tools = c["records"], c["kinds"], c["tokens"], c["tools"]
+    reasons = {"error": c["errors"], "excluded": c["excluded"]}
+    rows_out = c["rows"]
+    # Trajectories done of those in the input (from the Parquet footers); Ray Data's own progress
+    # bars show the operators while the write runs.
+    Progress("build", shards["rows"], "trajectories").update(
+        done=rows_in, errors=sum(reasons["error"].values()), force=True, documents=sum(kinds.values()),
+        excluded=sum(reasons["excluded"].values()))
 
     docs_out = sum(kinds.values())
     trained, masked, total = tok["trained"], tok["masked"], tok["total"]
@@ -233,10 +171,10 @@ def run(cfg: BuildConfig, out: Output | None = None) -> dict:
         "recipe": cfg.recipe,
         "rows_in": rows_in,
         "documents_out": docs_out,
-        "rows_out": len(row_tokens),
+        "rows_out": rows_out,
         "rows_errored": sum(reasons["error"].values()),
         "rows_excluded": sum(reasons["excluded"].values()),
-        "rows_per_recipe": {cfg.recipe: len(row_tokens)},
+        "rows_per_recipe": {cfg.recipe: rows_out},
         "documents_by_kind": dict(kinds),
         "errors": dict(reasons["error"]),
         "exclusions": dict(reasons["excluded"]),
@@ -260,9 +198,12 @@ def run(cfg: BuildConfig, out: Output | None = None) -> dict:
         "packing": {
             "enabled": cfg.pack.enabled,
             "seq_len": seq_len,
-            "fill": (total / (len(row_tokens) * seq_len)) if seq_len and row_tokens else None,
-            "documents_per_row": docs_out / len(row_tokens) if row_tokens else 0.0,
-            "max_row_tokens": max(row_tokens, default=0),
+            "fill": (total / (rows_out * seq_len)) if seq_len and rows_out else None,
+            "documents_per_row": docs_out / rows_out if rows_out else 0.0,
+            "max_row_tokens": c["max_row_tokens"],
+            # Documents are packed within units of this many records (pipeline/build/sink.py).
+            "unit_records": unit_records(cfg),
+            "units": c["units"],
         },
         "labels": label_stats,
         # Trajectories with resolved=null: trained as unresolved (masked like them under srft_*), or
@@ -286,11 +227,11 @@ def run(cfg: BuildConfig, out: Output | None = None) -> dict:
             "function_calling_documents": tools["function_calling_documents"],
             "tools_missing": tools["tools_missing"],
         },
-        "shards": writer.shards,
+        "shards": c["shards"],
         "config": redacted(cfg),
     }
     assert trained == tok["trained_before_packing"], "packing changed the trained token count"
-    io.write_bytes(io.join(staging, "_summary.json"), json.dumps(summary, indent=2).encode())
+    io.write_bytes(io.join(out.uri, "_summary.json"), json.dumps(summary, indent=2).encode())
     return summary
 
 
