@@ -159,7 +159,7 @@ def plot(result: dict, path: Path) -> None:
     for x, name in ((result["label_end_s"], "label run ends"), (result["scale_down_s"], "nodes gone")):
         if x is not None:
             ax.axvline(x, color="black", linewidth=0.6, linestyle=":")
-            ax.text(x, result["pool_max"] + 0.3, name, fontsize=8, ha="right")
+            ax.text(x, 0.2, name, fontsize=8, ha="right", rotation=90)
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right", fontsize=8)
@@ -177,23 +177,33 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trajectories", type=int, default=30)
     p.add_argument("--delay-s", type=float, default=2.0, help="the critic's seconds per request")
-    p.add_argument("--name", default="autoscale", help="file stem under bench/results/")
+    p.add_argument("--name", default="autoscale", help="file stem of the results")
+    p.add_argument("--dir", default=None, help="join a cluster that `python -m cluster.local.autoscaling_cluster "
+                   "start` started (its --dir) instead of starting and stopping one")
+    p.add_argument("--results", default=str(RESULTS), help="where the results go (default: %(default)s)")
     a = p.parse_args(argv)
+    results = Path(a.results)
     work = Path(tempfile.mkdtemp(prefix="srft-bench-autoscale-"))
-    cluster = autoscaling_cluster.start()
-    try:
-        result = measure(cluster, work, a.trajectories, a.delay_s)
-    finally:
-        cluster.stop()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{a.name}.json").write_text(json.dumps(result, indent=1))
-    plot(result, RESULTS / f"{a.name}.png")
+    if a.dir:
+        result = measure(autoscaling_cluster.load(a.dir), work, a.trajectories, a.delay_s)
+    else:
+        cluster = autoscaling_cluster.start(attempts=5)
+        try:
+            result = measure(cluster, work, a.trajectories, a.delay_s)
+        finally:
+            stopped = cluster.stop()
+        # The cluster's own processes are gone (and only they were signalled).
+        result["stopped_processes"] = len(stopped)
+        result["processes_left"] = len(autoscaling_cluster.own_pids(cluster.dir))
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{a.name}.json").write_text(json.dumps(result, indent=1))
+    plot(result, results / f"{a.name}.png")
     numbers = {k: v for k, v in result.items() if k != "timeline"}
     cmd = " ".join(["python -m bench.autoscale", *(argv if argv is not None else sys.argv[1:])])
     md = [f"# Critic pool autoscaling ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
           f"{os.cpu_count()} CPUs)", "", f"`{cmd}`", "", "| | |", "| --- | --- |",
           *(f"| {k} | {v} |" for k, v in numbers.items()), "", f"![timeline]({a.name}.png)", ""]
-    (RESULTS / f"{a.name}.md").write_text("\n".join(md))
+    (results / f"{a.name}.md").write_text("\n".join(md))
     print(json.dumps(numbers, indent=1))
     return 0 if result["returncode"] == 0 else 1
 
