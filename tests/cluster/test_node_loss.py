@@ -143,8 +143,12 @@ def _actor_nodes(class_part: str) -> set[str]:
     no dashboard needed)."""
     import ray
 
-    return {a["Address"]["NodeID"] for a in ray._private.state.actors().values()
-            if class_part in a["ActorClassName"] and a["State"] == "ALIVE"}
+    actors = ray._private.state.actors().values()
+    SEEN_CLASSES.update(a["ActorClassName"] for a in actors)
+    return {a["Address"]["NodeID"] for a in actors if class_part in a["ActorClassName"] and a["State"] == "ALIVE"}
+
+
+SEEN_CLASSES: set[str] = set()  # actor classes the scenario saw (in its result, to debug a missed loss)
 
 
 def scenario_build(work: Path, args: dict) -> dict:
@@ -210,12 +214,93 @@ def scenario_build(work: Path, args: dict) -> dict:
         summary = {k: v for k, v in done.get("summary", {}).items() if k not in ("run_id", "config", "elapsed_s")}
         result["runs"].append({"hung": driver.is_alive(), "error": done.get("error"), "summary": summary,
                                "files": files, "elapsed_s": round(time.monotonic() - t0, 1)})
+    result["actor_classes"] = sorted(SEEN_CLASSES)
     ray.shutdown()
     cluster.shutdown()
     return result
 
 
-SCENARIOS = {"label": scenario_label, "build": scenario_build}
+def _small_qwen2(dest: Path, tokenizer: str) -> str:
+    """The train tests' small Qwen2 (tests/train/conftest.py): a 4,096-token vocabulary keeps CPU steps short."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    shutil.copytree(tokenizer, dest)
+    config = Qwen2Config(
+        vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        tie_word_embeddings=True, eos_token_id=2, pad_token_id=0, bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(dest, safe_serialization=True)
+    return str(dest)
+
+
+TRAIN_STEPS = ["train.max_steps=6", "train.epochs=2", "train.micro_batch_size=2", "train.grad_accum=2",
+               "train.checkpoint_every_steps=2", "train.warmup_steps=1", "train.lr=3e-3", "train.shuffle=true",
+               "train.eval_fraction=0.2", "train.param_dtype=float32", "train.export_dtype=float32",
+               "train.ce_chunk_tokens=1024", "scaling.num_workers=2", "scaling.cpus_per_worker=1",
+               "scaling.use_gpu=false", "train.max_failures=2", "train.export=false"]
+
+
+def scenario_train(work: Path, args: dict) -> dict:
+    """Train twice on one cluster (head + 3 one-CPU worker nodes, 2 Train workers of 1 CPU): an
+    uninterrupted reference, then a run that loses the node of one Train worker after its
+    step-2 checkpoint is registered; both runs' per-step losses."""
+    import ray
+
+    sys.path.insert(0, str(REPO))
+    from jobs.train import main as train
+    from pipeline import io
+    from tests.train.helpers import make_rows, write_rows
+
+    model = _small_qwen2(work / "model", args["tokenizer"])
+    rows = write_rows(work / "rows", make_rows(30, seed=12), files=5)
+    cluster, nodes = _start_cluster(1, [{"num_cpus": 1}] * 3)
+    os.environ["RAY_ADDRESS"] = cluster.address
+    ray.init(address=cluster.address)
+    result: dict = {"runs": []}
+    for n, lose in ((0, False), (1, True)):
+        storage, out = work / f"ckpt{n}", str(work / f"out{n}")
+        done: dict = {}
+
+        def run(storage=storage, out=out, done=done) -> None:
+            try:
+                done["summary"] = train([f"data={rows}", f"model={model}", f"output={out}",
+                                         f"checkpoint_storage={storage}", *TRAIN_STEPS])
+            except BaseException as e:  # noqa: BLE001 - reported to the test
+                done["error"] = f"{type(e).__name__}: {e}"
+
+        t0 = time.monotonic()
+        driver = threading.Thread(target=run, daemon=True)
+        driver.start()
+        if lose:
+            while driver.is_alive():
+                saved = [p for p in storage.glob("*/checkpoint_manager_snapshot.json")
+                         if "checkpoint-step0000002" in p.read_text(errors="replace")]
+                busy = _actor_nodes("TrainWorker")
+                victims = [nd for nd in nodes if nd.node_id in busy]
+                if saved and victims:
+                    cluster.remove_node(victims[0])
+                    result["removed_at_s"] = round(time.monotonic() - t0, 1)
+                    break
+                time.sleep(0.1)
+        driver.join(timeout=args["run_timeout_s"])
+        s = done.get("summary") or {}
+        losses = ([json.loads(x)["loss"] for x in io.read_bytes(io.join(out, "metrics.jsonl")).decode().splitlines()]
+                  if s else [])
+        result["runs"].append({"hung": driver.is_alive(), "error": done.get("error"), "losses": losses,
+                               "restored_step": s.get("restored_step"), "steps": s.get("steps"),
+                               "elapsed_s": round(time.monotonic() - t0, 1)})
+    result["actor_classes"] = sorted(SEEN_CLASSES)
+    ray.shutdown()
+    cluster.shutdown()
+    return result
+
+
+SCENARIOS = {"label": scenario_label, "build": scenario_build, "train": scenario_train}
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,7 +346,7 @@ def test_label_pool_whose_min_no_longer_fits_does_not_hang(qwen_tokenizer_path, 
 
 @pytest.mark.slow
 def test_build_rows_identical_after_losing_a_tokenizer_node(qwen_tokenizer_path, tmp_path):
-    res = _scenario("build", tmp_path, timeout=600, tokenizer=str(qwen_tokenizer_path), trajectories=80,
+    res = _scenario("build", tmp_path, timeout=600, tokenizer=str(qwen_tokenizer_path), trajectories=160,
                     workers=3, lose_after_s=1.0, run_timeout_s=240)
     calm, lost = res["runs"]
     assert "removed_at_s" in res and res["running_at_loss"], res  # the node went while the build ran
@@ -272,6 +357,19 @@ def test_build_rows_identical_after_losing_a_tokenizer_node(qwen_tokenizer_path,
     assert lost["files"] == calm["files"]  # byte-identical shard files
     print(json.dumps({"removed_at_s": res["removed_at_s"], "elapsed_s": [calm["elapsed_s"], lost["elapsed_s"]],
                       "rows_out": calm["summary"]["rows_out"], "files": len(calm["files"])}))
+
+
+@pytest.mark.slow
+def test_train_resumes_after_losing_a_worker_node(qwen_tokenizer_path, tmp_path):
+    res = _scenario("train", tmp_path, timeout=900, tokenizer=str(qwen_tokenizer_path), run_timeout_s=400)
+    calm, lost = res["runs"]
+    assert "removed_at_s" in res, res  # a Train worker's node went after the step-2 checkpoint
+    for r in (calm, lost):
+        assert not r["hung"] and r["error"] is None, r
+    assert calm["steps"] == lost["steps"] == 6 and lost["restored_step"] in (2, 4), lost
+    assert lost["losses"] == pytest.approx(calm["losses"], rel=1e-5, abs=1e-6)  # as if uninterrupted
+    print(json.dumps({"removed_at_s": res["removed_at_s"], "restored_step": lost["restored_step"],
+                      "elapsed_s": [calm["elapsed_s"], lost["elapsed_s"]]}))
 
 
 if __name__ == "__main__":
