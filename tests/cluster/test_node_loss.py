@@ -172,7 +172,8 @@ def scenario_build(work: Path, args: dict) -> dict:
         io.write_table(pa.Table.from_pylist([d], schema=TRAJECTORY), str(work / "traj" / f"{i:03d}.parquet"))
     io.write_table(labels_table({d["traj_id"]: d["num_steps"] for d in docs if not d["resolved"]}),
                    str(work / "labels" / "part-0.parquet"))
-    cluster, nodes = _start_cluster(1, [{"num_cpus": 1}] * args["workers"])
+    # A head without CPUs: the pool (min 1 actor) cannot sit on the one node that must survive.
+    cluster, nodes = _start_cluster(0, [{"num_cpus": 1}] * args["workers"])
     os.environ["RAY_ADDRESS"] = cluster.address
     ray.init(address=cluster.address)
 
