@@ -200,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     plot(result, results / f"{a.name}.png")
     numbers = {k: v for k, v in result.items() if k != "timeline"}
     cmd = " ".join(["python -m bench.autoscale", *(argv if argv is not None else sys.argv[1:])])
-    md = [f"# Critic pool autoscaling ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
-          f"{os.cpu_count()} CPUs)", "", f"`{cmd}`", "", "| | |", "| --- | --- |",
+    title = (f"# Critic pool autoscaling ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
+             f"{os.cpu_count()} CPUs)")
+    md = [title, "", f"`{cmd}`", "", "| | |", "| --- | --- |",
           *(f"| {k} | {v} |" for k, v in numbers.items()), "", f"![timeline]({a.name}.png)", ""]
     (results / f"{a.name}.md").write_text("\n".join(md))
     print(json.dumps(numbers, indent=1))

@@ -142,7 +142,8 @@ def start(config_path: str | os.PathLike = CONFIG, root: str | None = None, time
     for attempt in range(1, attempts + 1):
         with open(os.path.join(root, f"ray-start-{attempt}.log"), "w") as log:
             try:
-                proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
+                proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
+                                      check=False)
                 ok = proc.returncode == 0
             except subprocess.TimeoutExpired:
                 ok = False
@@ -206,8 +207,9 @@ def status(cluster: LocalCluster) -> dict:
         return {
             "gcs_address": cluster.gcs_address,
             "dashboard_url": cluster.dashboard_url,
-            "nodes": sorted(n["Labels"].get("ray.io/node-group", "") or n["NodeManagerAddress"] for n in nodes),
-            "node_types": sorted(n.get("Labels", {}).get("srft-group", "head") for n in nodes),
+            # Launched nodes carry their type's labels (autoscaling.yaml); the head has none.
+            "nodes": [{"node_id": n["NodeID"], "type": n.get("Labels", {}).get("srft-group", "head"),
+                       "CPU": n["Resources"].get("CPU", 0), "GPU": n["Resources"].get("GPU", 0)} for n in nodes],
             "resources": ray.cluster_resources(),
         }
     finally:

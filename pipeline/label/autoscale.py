@@ -3,9 +3,10 @@
 Why: Ray Data alone does not grow a GPU actor pool on an autoscaling cluster
 (ray-project/ray#59144). Measured on the local autoscaling cluster (cluster/local/, BENCHMARKS.md
 "Critic pool autoscaling"): with `critic.pool.min=1 max=3` and critic nodes of one GPU at 0..3,
-the autoscaler did launch critic nodes for Ray Data's own requests, but they came and went
-(idle while Ray Data's resource budget, refreshed every 20 s, still counted none of them) and the
-pool stayed at **one actor** for the whole run.
+the autoscaler launched all 3 critic nodes for Ray Data's own requests, but the pool used 2 actors
+at most (Ray Data's resource budget counts only what its autoscaling coordinator has reserved,
+refreshed every 20 s); on a loaded machine the nodes came and went as idle and the pool stayed at
+one actor for the whole run.
 
 So while the pool runs, the stage asks for `pool.max` actor bundles itself
 (`ray.autoscaler.sdk.request_resources`): the nodes for the full pool come up and stay while
@@ -15,7 +16,8 @@ critic nodes go idle and the autoscaler removes them after `idle_timeout_minutes
 
 `request_resources` holds one cluster-wide request that every call replaces, and Ray Data's
 own autoscaling coordinator calls it too (every 20 s, with its merged requests). The demand is
-therefore re-sent every `refresh_s` for as long as the pool runs.
+therefore re-sent every `refresh_s` for as long as the pool runs. That also replaces the requests
+of any other job on the cluster for that time (the cluster-wide request has no owner).
 """
 
 from __future__ import annotations
