@@ -89,6 +89,7 @@ def pop_print_config(argv: list[str]) -> tuple[list[str], bool]:
 def main(fn: Callable[[list[str]], object], argv: list[str]) -> None:
     """Run `fn(argv)` as a command: short messages for user errors, honest exit codes."""
     debug = os.environ.get("SRFT_DEBUG") == "1"
+    argv = [a for a in argv if not a.lower().startswith("verbose=")]  # read on import (pipeline.runtime)
     try:
         fn(argv)
     except UserError as e:

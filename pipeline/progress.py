@@ -27,7 +27,10 @@ class Progress:
         now = time.monotonic()
         if force or now - self._last >= self.every_s or (self.total and self.done >= self.total):
             self._last = now
-            print(self.line(**metrics), file=sys.stderr, flush=True)
+            # Not print(): in a Ray Train worker print is patched to also log the line through the
+            # root logger, and the terminal would show it twice.
+            sys.stderr.write(self.line(**metrics) + "\n")
+            sys.stderr.flush()
 
     def line(self, **metrics: object) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)

@@ -88,7 +88,7 @@ def run(name: str, args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     driver's demo defaults (conf/pipeline.yaml) out. A Ray started by mistake starts under `tmp`."""
     env = {k: v for k, v in os.environ.items() if k not in ("SRFT_DEBUG", "RAY_ADDRESS")}
     env["SRFT_RAY_TMPDIR"] = str(tmp)
-    return subprocess.run([sys.executable, "-m", f"jobs.{name}", f"config={tmp / 'empty.yaml'}", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", f"jobs.{name}", f"config={tmp / 'empty.yaml'}", *args], check=False, cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=180)
 
 

@@ -33,7 +33,7 @@ from pipeline.commit import Output
 from pipeline.config import redacted
 from pipeline.errors import UserError
 from pipeline.manifest import Stage, run_direct
-from pipeline.runtime import init_ray, new_run_id
+from pipeline.runtime import init_ray, new_run_id, verbose
 from pipeline.schema import TRAINING_ROW
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import tracking
@@ -169,6 +169,8 @@ def run(cfg: TrainConfig, out: Output | None = None) -> dict:
             storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.keep_checkpoints),
+            # Ray Train's INFO (worker group start, every `TrainingReport(...)`) to its log files
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
         ),
         datasets={"train": ds, **({"eval": held} if held is not None else {})},
         dataset_config=ray.train.DataConfig(execution_options=exec_options),

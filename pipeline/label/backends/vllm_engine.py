@@ -36,6 +36,8 @@ class VLLMBackend:
         from vllm import LLM
         from vllm.platforms import current_platform
 
+        from pipeline.runtime import verbose
+
         if current_platform.is_cpu():  # this actor's own cores for its TP ranks (cpu_bind.py)
             from pipeline.label.cpu_bind import bind_engine
 
@@ -54,6 +56,7 @@ class VLLMBackend:
             gpu_memory_utilization=c.gpu_memory_utilization,
             seed=c.seed,
             structured_outputs_config={"backend": c.structured_outputs_backend, "disable_any_whitespace": True},
+            use_tqdm_on_load=verbose(),  # the weight-loading bar: quiet unless verbose (pipeline.runtime)
         )
 
     @staticmethod
