@@ -8,8 +8,9 @@ documents with the stage's StreamingPacker, writes its TRAINING_ROW shards
 driver sees those counters, never a token or a side-table row.
 
 Why the output is deterministic: with `preserve_order` the records reach the write operator in input
-order; block boundaries follow the input files and their sizes, and Ray Data's bundler takes whole
-blocks until a unit holds `unit_records` records, so the same inputs and config give the same units,
+order; block boundaries follow the input files and their sizes (Ray Data's read planning), and Ray
+Data's bundler takes whole blocks until a unit holds `unit_records` records, so the same inputs and
+config (and Ray version) give the same units,
 numbered in the same order (`TaskContext.task_idx` counts write tasks as they are submitted, in
 that order). The packer is deterministic given its input order, so each unit gives the same rows.
 """
