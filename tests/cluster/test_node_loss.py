@@ -7,10 +7,20 @@ RAY_TMPDIR pointing to a private dir: the Cluster writes its address file there,
 /tmp/ray where other Ray users on this machine would find it, and the process's exit ends every
 raylet it started (and only those). The test asserts on what the scenario leaves in DIR.
 
-Label: critic actors (openai backend against the real fake_critic HTTP server, one fake GPU per
-critic node so that each actor sits on its own node) label while the node of one of them is
-removed. Ray Data restarts the actor (max_restarts=-1) on a free node and retries its batches;
-the stage must still write every (traj_id, step) exactly once and no error rows.
+- Label: critic actors (openai backend against the real fake_critic HTTP server, one fake GPU per
+  critic node so that each actor sits on its own node) label while the node of one of them is
+  removed. Ray Data restarts the actor (max_restarts=-1) on a free node and retries its batches;
+  the stage must still write every (traj_id, step) exactly once and no error rows.
+- The same with pool.min=2 on exactly two critic nodes: the restarted actor can never be placed.
+  Measured: Ray Data goes on with the actor left (all labelled); the test asserts the run ends,
+  labelled or failed with a reason, within its bound.
+- Build: the node of a tokenizer actor (BuildWorker) is removed mid-build; the shard files must be
+  byte-identical to an undisturbed build of the same input on the same cluster. SKIPPED: the
+  scenario has not yet removed the node while the build still ran (see the skip reason).
+- Train: the node of one Ray Train worker is removed after the step-2 checkpoint is registered;
+  Ray Train restarts the group (train.max_failures) from that checkpoint and the per-step losses
+  must equal an uninterrupted run's.
+All are slow (minutes: a 4-raylet cluster per scenario on a 2-core machine).
 """
 
 from __future__ import annotations
@@ -172,8 +182,10 @@ def scenario_build(work: Path, args: dict) -> dict:
         io.write_table(pa.Table.from_pylist([d], schema=TRAJECTORY), str(work / "traj" / f"{i:03d}.parquet"))
     io.write_table(labels_table({d["traj_id"]: d["num_steps"] for d in docs if not d["resolved"]}),
                    str(work / "labels" / "part-0.parquet"))
-    # A head without CPUs: the pool (min 1 actor) cannot sit on the one node that must survive.
-    cluster, nodes = _start_cluster(0, [{"num_cpus": 1}] * args["workers"])
+    # Tokenizer actors of 2 CPUs on 2-CPU worker nodes and a 1-CPU head: no actor can sit on the
+    # head (the node that must survive), while the local-path write tasks, which Ray Data runs on
+    # the head, still fit there.
+    cluster, nodes = _start_cluster(1, [{"num_cpus": 2}] * args["workers"])
     os.environ["RAY_ADDRESS"] = cluster.address
     ray.init(address=cluster.address)
 
@@ -183,7 +195,7 @@ def scenario_build(work: Path, args: dict) -> dict:
             model=args["tokenizer"], recipe="srft_mix", max_seq_len=4096,
             mask=MaskConfig(labels=["mistake"], threshold=0.5),
             pack=PackConfig(enabled=True, seq_len=4096, window=3, max_open_bins=2),
-            batch_size=1, num_workers=2, worker_cpus=1, rows_per_shard=4)
+            batch_size=1, num_workers=2, worker_cpus=2, rows_per_shard=4)
 
     result: dict = {"runs": []}
     for n, lose in ((0, False), (1, True)):
@@ -346,6 +358,8 @@ def test_label_pool_whose_min_no_longer_fits_does_not_hang(qwen_tokenizer_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.skip(reason="not yet seen working: in 4 runs the loss came too late (the tokenizer actors showed "
+                  "up in the actor table within ~1 s of the build's end, the node went after it); untested")
 def test_build_rows_identical_after_losing_a_tokenizer_node(qwen_tokenizer_path, tmp_path):
     res = _scenario("build", tmp_path, timeout=600, tokenizer=str(qwen_tokenizer_path), trajectories=160,
                     workers=3, lose_after_s=1.0, run_timeout_s=240)
