@@ -444,7 +444,7 @@ class Lock:
             else:
                 who = (f"run {held.get('run_id')} of stage {held.get('stage')} (host {held.get('host')}, "
                        f"pid {held.get('pid')}, started {age:.0f}s ago)")
-                tail = ""
+                tail = f" (its lock, {LOCK}, is freed the moment that process ends)"
         else:
             who, tail = "another run", ""
         return LockHeld(f"output {self.root} is being written by {who}. Wait for it to finish{tail}.")
