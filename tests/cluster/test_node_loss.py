@@ -118,15 +118,8 @@ def scenario_label(work: Path, args: dict) -> dict:
     cfg = LabelConfig(input=src, output=str(work / "labels"), critic=critic, commit_every_trajectories=8)
     result: dict = {}
 
-    def run() -> None:
-        try:
-            result["summary"] = label.run(cfg)
-        except BaseException as e:  # noqa: BLE001 - reported to the test
-            result["error"] = f"{type(e).__name__}: {e}"
-
     t0 = time.monotonic()
-    driver = threading.Thread(target=run, daemon=True)
-    driver.start()
+    driver = _start_driver(lambda: label.run(cfg), result)
     while sum(server.requests.values()) < args["remove_after"] and driver.is_alive():
         time.sleep(0.2)
     busy = _busy_gpu_nodes()
@@ -146,6 +139,21 @@ def scenario_label(work: Path, args: dict) -> dict:
         ray.shutdown()
         cluster.shutdown()  # its own raylets only (a hung run's go with this process's exit)
     return result
+
+
+def _start_driver(stage, into: dict) -> threading.Thread:
+    """Run `stage()` (a stage's driver) in a daemon thread; its summary, or the error it raised,
+    lands in `into` ("summary" / "error") for the test to report."""
+
+    def run() -> None:
+        try:
+            into["summary"] = stage()
+        except BaseException as e:  # noqa: BLE001 - reported to the test
+            into["error"] = f"{type(e).__name__}: {e}"
+
+    driver = threading.Thread(target=run, daemon=True)
+    driver.start()
+    return driver
 
 
 def _actor_nodes(class_part: str) -> set[str]:
@@ -200,16 +208,8 @@ def scenario_build(work: Path, args: dict) -> dict:
     result: dict = {"runs": []}
     for n, lose in ((0, False), (1, True)):
         done: dict = {}
-
-        def run(n=n, done=done) -> None:
-            try:
-                done["summary"] = build(config(n))
-            except BaseException as e:  # noqa: BLE001 - reported to the test
-                done["error"] = f"{type(e).__name__}: {e}"
-
         t0 = time.monotonic()
-        driver = threading.Thread(target=run, daemon=True)
-        driver.start()
+        driver = _start_driver(lambda n=n: build(config(n)), done)
         if lose:
             victims: list = []
             while driver.is_alive() and not victims:
@@ -233,24 +233,6 @@ def scenario_build(work: Path, args: dict) -> dict:
     return result
 
 
-def _small_qwen2(dest: Path, tokenizer: str) -> str:
-    """The train tests' small Qwen2 (tests/train/conftest.py): a 4,096-token vocabulary keeps CPU steps short."""
-    import shutil
-
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    shutil.copytree(tokenizer, dest)
-    config = Qwen2Config(
-        vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        tie_word_embeddings=True, eos_token_id=2, pad_token_id=0, bos_token_id=None,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(dest, safe_serialization=True)
-    return str(dest)
-
-
 TRAIN_STEPS = ["train.max_steps=6", "train.epochs=2", "train.micro_batch_size=2", "train.grad_accum=2",
                "train.checkpoint_every_steps=2", "train.warmup_steps=1", "train.lr=3e-3", "train.shuffle=true",
                "train.eval_fraction=0.2", "train.param_dtype=float32", "train.export_dtype=float32",
@@ -267,9 +249,9 @@ def scenario_train(work: Path, args: dict) -> dict:
     sys.path.insert(0, str(REPO))
     from jobs.train import main as train
     from pipeline import io
-    from tests.train.helpers import make_rows, write_rows
+    from tests.train.helpers import make_rows, small_qwen2, write_rows
 
-    model = _small_qwen2(work / "model", args["tokenizer"])
+    model = small_qwen2(work / "model", args["tokenizer"])
     rows = write_rows(work / "rows", make_rows(30, seed=12), files=5)
     cluster, nodes = _start_cluster(1, [{"num_cpus": 1}] * 3)
     os.environ["RAY_ADDRESS"] = cluster.address
@@ -278,17 +260,9 @@ def scenario_train(work: Path, args: dict) -> dict:
     for n, lose in ((0, False), (1, True)):
         storage, out = work / f"ckpt{n}", str(work / f"out{n}")
         done: dict = {}
-
-        def run(storage=storage, out=out, done=done) -> None:
-            try:
-                done["summary"] = train([f"data={rows}", f"model={model}", f"output={out}",
-                                         f"checkpoint_storage={storage}", *TRAIN_STEPS])
-            except BaseException as e:  # noqa: BLE001 - reported to the test
-                done["error"] = f"{type(e).__name__}: {e}"
-
         t0 = time.monotonic()
-        driver = threading.Thread(target=run, daemon=True)
-        driver.start()
+        driver = _start_driver(lambda storage=storage, out=out: train(
+            [f"data={rows}", f"model={model}", f"output={out}", f"checkpoint_storage={storage}", *TRAIN_STEPS]), done)
         if lose:
             while driver.is_alive():
                 saved = [p for p in storage.glob("*/checkpoint_manager_snapshot.json")

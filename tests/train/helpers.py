@@ -14,6 +14,26 @@ import pyarrow.parquet as pq
 from pipeline.schema import TRAINING_ROW
 
 
+def small_qwen2(dest, tokenizer) -> str:
+    """A random Qwen2 with a 4,096-token vocabulary (the tokenizer folder `tokenizer` rides along
+    for the export; rows use ids < 2,000): the lm_head + cross-entropy of the full 151,936-token
+    vocabulary would dominate every CPU step."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    shutil.copytree(tokenizer, dest)
+    config = Qwen2Config(
+        vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        tie_word_embeddings=True, eos_token_id=2, pad_token_id=0, bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(dest, safe_serialization=True)
+    return str(dest)
+
+
 def make_rows(n_rows: int, seed: int = 0, vocab: int = 2000, docs: tuple[int, int] = (1, 3),
               doc_len: tuple[int, int] = (8, 40), masked_step_every: int = 3) -> dict:
     """Rows shaped like the build stage's: packed documents, each a prompt (mask 0) followed by
