@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -118,9 +118,18 @@ class Student:
         return out if branch_from is None else (out, preference, before)
 
     # -- acting ---------------------------------------------------------------------------------
-    @torch.no_grad()
     def greedy(self, contexts: list[list[dict]], max_new_tokens: int = 64, batch: int = 64) -> list[dict | None]:
         """The greedy next action for each context (None when it does not parse as one tool call)."""
+        return self.act(contexts, temperature=0.0, max_new_tokens=max_new_tokens, batch=batch)
+
+    @torch.no_grad()
+    def act(self, contexts: list[list[dict]], temperature: float = 0.0, max_new_tokens: int = 64,
+            batch: int = 64) -> list[dict | None]:
+        """The next action for each context, greedy (temperature 0) or sampled from the full
+        distribution at `temperature` (no top-k / top-p cut: transformers' default top_k=50 would
+        hide the rare branches that sampling is meant to reach). Seed torch for repeatability."""
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {
+            "do_sample": False}
         out = []
         pad = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         for b in range(0, len(contexts), batch):
@@ -132,7 +141,7 @@ class Student:
                 ids[r, width - len(p) :] = torch.tensor(p)
                 mask[r, width - len(p) :] = 1
             gen_ids = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, **sampling,
                 eos_token_id=self.end_of_turn, pad_token_id=pad,
             )[:, width:]
             for row in gen_ids.tolist():
@@ -243,38 +252,110 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
-def closed_loop(student: Student, tasks: list[Task]) -> dict:
+# the expert's moves, in order: where a closed-loop run first leaves the expert path
+EXPERT_MOVES = ("ls", "pytest", "cat", "fix", "pytest_again", "submit")
+
+
+def expert_path(task: Task) -> list[dict]:
+    B = task.bug.path
+    return [gen.ls(), gen.pytest(), gen.cat(B), gen.fix(task), gen.pytest(), gen.submit()]
+
+
+@dataclass
+class Episode:
+    """One closed-loop run, and what the student did in it that the training runs' mistakes name."""
+
+    task: Task
+    env: Env
+    messages: list[dict]
+    on_expert_path: int = 0  # leading actions equal to the expert's
+    left_path: bool = False
+    # injected mistake kind -> the test files it hit (rm of a test file; an edit of a test file)
+    committed: dict = field(default_factory=lambda: {"rm_test": set(), "edit_test": set()})
+    submitted_unfixed: bool = False
+
+    def record(self, action: dict | None, observation: str | None) -> None:
+        expert = expert_path(self.task)
+        if not self.left_path and action is not None and self.on_expert_path < len(expert) and same(
+                action, expert[self.on_expert_path]):
+            self.on_expert_path += 1
+        else:
+            self.left_path = True
+        if action is None:
+            return
+        args = action["arguments"]
+        if action["name"] == "bash":
+            parts = str(args.get("command", "")).split()
+            if len(parts) == 2 and parts[0] == "rm" and parts[1].startswith("tests/") and observation.startswith("removed"):
+                self.committed["rm_test"].add(parts[1])
+        elif action["name"] == "str_replace_editor":
+            path = str(args.get("path", ""))
+            if args.get("command") == "str_replace" and path.startswith("tests/") and "has been edited" in observation:
+                self.committed["edit_test"].add(path)
+        elif action["name"] == "submit" and not self.env.fixed():
+            self.submitted_unfixed = True
+
+    def recovered(self, kind: str) -> bool:
+        """Every test file the mistake hit is back as it was, by the end of the run."""
+        original = self.task.files()
+        return all(self.env.files.get(path) == original[path] for path in self.committed[kind])
+
+
+def closed_loop(student, tasks: list[Task], temperature: float = 0.0, samples: int = 1, seed: int = 0) -> dict:
     """Let `student` act in a fresh environment of each task until it submits or runs out of steps;
-    success is the environment's own check (env.Env.resolved). `student` needs only
-    ``greedy(contexts) -> [action | None]``, so a scripted policy is measured the same way."""
-    envs = [Env(t) for t in tasks]
-    conversations = [t.prompt() for t in tasks]
+    success is the environment's own check (env.Env.resolved). Greedy (temperature 0) needs only
+    ``greedy(contexts) -> [action | None]``, so a scripted policy is measured the same way; sampled
+    runs call ``act(contexts, temperature)`` `samples` times per task, from torch seed `seed`.
+
+    Besides success: how often each of the training runs' mistakes was committed in the loop (`rm`
+    of a test file, an edit of a test file, a submit of an unfixed repository), how often a
+    committed `rm`/edit was recovered (the test file is back as it was at the end), and the
+    expert move at which runs first left the expert path."""
+    if temperature > 0:
+        torch.manual_seed(seed)
+    episodes = [Episode(t, Env(t), t.prompt()) for t in tasks for _ in range(samples if temperature > 0 else 1)]
     invalid = 0
     while True:
-        active = [i for i, e in enumerate(envs) if not e.done]
+        active = [e for e in episodes if not e.env.done]
         if not active:
             break
-        actions = student.greedy([conversations[i] for i in active])
-        for i, action in zip(active, actions):
-            k = envs[i].steps
+        contexts = [e.messages for e in active]
+        actions = student.act(contexts, temperature=temperature) if temperature > 0 else student.greedy(contexts)
+        for e, action in zip(active, actions):
+            k = e.env.steps
             if action is None:  # an unparsable turn costs a step, as a format error does in SWE-agent
                 invalid += 1
-                envs[i].steps += 1
-                conversations[i] = conversations[i] + [
+                e.env.steps += 1
+                e.record(None, None)
+                e.messages = e.messages + [
                     {"role": "assistant", "content": "(no valid tool call)"},
                     {"role": "user", "content": "Your last message held no valid tool call."}]
                 continue
-            obs = envs[i].step(action["name"], action["arguments"])
-            conversations[i] = conversations[i] + [
+            obs = e.env.step(action["name"], action["arguments"])
+            e.record(action, obs)
+            e.messages = e.messages + [
                 gen.tool_call_message(action, f"call_{k}"), {"role": "tool", "tool_call_id": f"call_{k}", "content": obs}]
-    successes = sum(e.resolved() for e in envs)
+    n = len(episodes)
+    successes = sum(e.env.resolved() for e in episodes)
+    mistakes = {}
+    for kind in ("rm_test", "edit_test"):
+        hit = [e for e in episodes if e.committed[kind]]
+        mistakes[kind] = {"committed": len(hit), "recovered": sum(e.recovered(kind) for e in hit)}
+    mistakes["submit_unfixed"] = {"committed": sum(e.submitted_unfixed for e in episodes), "recovered": 0}
+    left = {move: 0 for move in EXPERT_MOVES}
+    for e in episodes:
+        if e.on_expert_path < len(EXPERT_MOVES):
+            left[EXPERT_MOVES[e.on_expert_path]] += 1
     return {
-        "success": float(np.mean([e.resolved() for e in envs])),
-        "success_ci95": list(wilson_interval(successes, len(envs))),
-        "fixed": float(np.mean([e.fixed() for e in envs])),
-        "submitted": float(np.mean([e.submitted for e in envs])),
+        "success": successes / n,
+        "successes": successes,
+        "success_ci95": list(wilson_interval(successes, n)),
+        "fixed": float(np.mean([e.env.fixed() for e in episodes])),
+        "submitted": float(np.mean([e.env.submitted for e in episodes])),
         "invalid_actions": invalid,
-        "n": len(envs),
+        "mistakes": mistakes,
+        "left_expert_path_at": left,  # runs whose first non-expert action came at that move
+        "n": n, "tasks": len(tasks), "temperature": temperature, "samples": n // len(tasks),
     }
 
 

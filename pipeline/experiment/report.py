@@ -48,6 +48,85 @@ def recipe_table(results: list[dict], recipes: list[str]) -> str:
     return "\n".join(lines)
 
 
+PAPER = {  # SWE-bench Verified resolved rate in the paper's table (Qwen2.5-Coder-32B-Instruct)
+    "base": "7.0%", "rft": "30.9%", "mix_nomask": "28.5%", "srft_mix": "32.2%",
+}
+
+
+def pooled(results: list[dict], recipe: str, key: str) -> dict | None:
+    """One recipe's closed-loop runs (`key`: closed_loop or closed_loop_sampled) pooled over seeds:
+    successes / runs with the 95% Wilson interval, and the mistakes committed and recovered."""
+    from pipeline.experiment.evaluate import wilson_interval
+
+    rs = [r[key] for r in results if r["name"] == recipe and key in r]
+    if not rs:
+        return None
+    k, n = sum(r["successes"] for r in rs), sum(r["n"] for r in rs)
+    out = {"successes": k, "n": n, "success": k / n, "ci95": wilson_interval(k, n), "seeds": len(rs),
+           "per_seed": [r["success"] for r in rs]}
+    for kind in ("rm_test", "edit_test", "submit_unfixed"):
+        out[kind] = sum(r["mistakes"][kind]["committed"] for r in rs)
+        out[f"{kind}_recovered"] = sum(r["mistakes"][kind]["recovered"] for r in rs)
+    return out
+
+
+def success_table(results: list[dict], recipes: list[str]) -> str:
+    """The paper's table, closed loop: per recipe, success pooled over seeds with its 95% Wilson
+    interval, greedy and sampled; how often each injected mistake was committed in the loop, and
+    how often a committed rm / test edit was recovered (the test file back as it was)."""
+    lines = ["| recipe | paper (SWE-bench V.) | greedy success [95% CI] | per seed | sampled success [95% CI] "
+             "| rm test committed (recovered) | test edit committed (recovered) | unfixed submit |",
+             "|---|---|---|---|---|---|---|---|"]
+    for recipe in recipes:
+        g, t = pooled(results, recipe, "closed_loop"), pooled(results, recipe, "closed_loop_sampled")
+        if g is None:
+            continue
+
+        def cell(p):
+            return "-" if p is None else (f"{p['successes']}/{p['n']} = {p['success']:.3f} "
+                                          f"[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]")
+
+        def mistakes(kind):
+            parts = [f"{p[kind]}/{p['n']} ({p[kind + '_recovered']})" for p in (g, t) if p is not None]
+            return " · ".join(parts)
+
+        unfixed = " · ".join(f"{p['submit_unfixed']}/{p['n']}" for p in (g, t) if p is not None)
+        lines.append(f"| {recipe} | {PAPER.get(recipe, '-')} | {cell(g)} | "
+                     f"{', '.join(f'{v:.2f}' for v in g['per_seed'])} | {cell(t)} | {mistakes('rm_test')} "
+                     f"| {mistakes('edit_test')} | {unfixed} |")
+    return "\n".join(lines)
+
+
+def success_plot(results: list[dict], recipes: list[str], out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [r for r in recipes if pooled(results, r, "closed_loop")]
+    if not present:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for j, (key, label) in enumerate((("closed_loop", "greedy"), ("closed_loop_sampled", "sampled, T=1"))):
+        for i, recipe in enumerate(present):
+            p = pooled(results, recipe, key)
+            if p is None:
+                continue
+            x = i + (j - 0.5) * 0.36
+            ax.bar(x, p["success"], width=0.34, color=f"C{j}", alpha=0.7, label=label if i == 0 else None)
+            ax.errorbar(x, p["success"], yerr=[[p["success"] - p["ci95"][0]], [p["ci95"][1] - p["success"]]],
+                        color="k", capsize=3, lw=1)
+    ax.set_xticks(range(len(present)), present, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("closed-loop success (95% Wilson CI)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "success.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def sweep_rows(results: list[dict]) -> list[dict]:
     return sorted((r for r in results if r["name"].startswith("sweep_")), key=lambda r: r["threshold"])
 
@@ -136,6 +215,16 @@ def write_report(results: list[dict], cfg, out: Path) -> Path:
         recipe_table(main, recipes),
         "",
     ]
+    if any("closed_loop" in r for r in main):
+        loop = ("Closed loop (the paper's table): successes pooled over seeds, greedy "
+                f"({cfg.closed_loop_tasks} held-out tasks per seed)")
+        if getattr(cfg, "closed_loop_samples", 0):
+            loop += f" and sampled ({cfg.closed_loop_samples} samples per task at T={cfg.closed_loop_temperature})"
+        text += [loop + "; mistakes as committed/runs (recovered), greedy · sampled.", "",
+                 success_table(main, recipes), ""]
+        plot = success_plot(main, recipes, out)
+        if plot:
+            pngs.append(plot)
     sweep = sweep_table(results)
     if sweep:
         text += [f"Threshold sweep ({cfg.sweep_recipe}, seed {cfg.sweep_seed}, critic noise {cfg.sweep_noise}):", "",

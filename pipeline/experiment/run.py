@@ -28,12 +28,13 @@ from omegaconf import OmegaConf
 from pipeline.experiment import evaluate as ev
 from pipeline.experiment import generate as gen
 from pipeline.experiment import stages
-from pipeline.experiment.env import make_tasks
+from pipeline.experiment.env import TOOLS, make_tasks
 from pipeline.experiment.student import student_tokenizer
 
-# The default set, sized for the ~40-minute budget; `recipes=[...,mix_nomask]` adds the paper's naive mix
-# (every build recipe of pipeline.build.config.RECIPES is accepted).
-RECIPES = ["rft", "unresolved_nomask", "srft_unresolved", "srft_mix"]
+# The paper's table: `base` is the untrained student (the shared initialisation, evaluated only),
+# the others are build recipes (every recipe of pipeline.build.config.RECIPES is accepted).
+BASE = "base"
+RECIPES = [BASE, "rft", "unresolved_nomask", "srft_unresolved", "mix_nomask", "srft_mix"]
 
 
 @dataclass
@@ -53,7 +54,10 @@ class ExperimentConfig:
     recipes: list[str] = field(default_factory=lambda: list(RECIPES))
     train_runs: int = 3000  # scripted runs in each seed's training pool (fresh data: fewer epochs)
     eval_tasks: int = 20  # held-out tasks for the decision-point probes
-    closed_loop_tasks: int = 8  # held-out tasks the student acts on
+    closed_loop_tasks: int = 8  # held-out tasks the student acts on, greedy
+    # sampled closed loop (temperature closed_loop_temperature): samples per task, 0 = not run
+    closed_loop_samples: int = 0
+    closed_loop_temperature: float = 1.0
     # loss tokens per training run, the same for every recipe; sized for the 30-minute budget on
     # 2 cores (docs/experiment.md, "Results")
     trained_tokens: int = 200_000
@@ -85,7 +89,7 @@ def mistake_frequencies(runs: list[gen.Run], labels: list[dict], recipe: str, th
     fraction whose next step is the mistake and is not masked."""
     masked = {(r["traj_id"], r["step"]) for r in labels
               if r["label"] == "mistake" and r["confidence"] >= threshold}  # float64 here, as documented
-    use = {"rft": lambda r: r.resolved, "unresolved_nomask": lambda r: not r.resolved,
+    use = {BASE: lambda r: False, "rft": lambda r: r.resolved, "unresolved_nomask": lambda r: not r.resolved,
            "srft_unresolved": lambda r: not r.resolved, "mix_nomask": lambda r: True,
            "srft_mix": lambda r: True}[recipe]
     point = {"mistake_delete": (2, "delete_test"), "mistake_edit": (3, "edit_test")}
@@ -137,11 +141,45 @@ def train_and_eval(cfg: ExperimentConfig, seed: int, name: str, recipe: str, lab
         "decision_points": ev.decision_points(s, tasks),
     }
     if closed_loop:
-        result["closed_loop"] = ev.closed_loop(s, make_tasks(7000 + seed, cfg.closed_loop_tasks, f"loop{seed}"))
+        result.update(closed_loops(cfg, seed, s))
     result["seconds"] = {"build": round(t1 - t0, 1), "train": round(t2 - t1, 1), "eval": round(time.time() - t2, 1)}
     done.write_text(json.dumps(result, indent=2))
     shutil.rmtree(root / "train" / "_checkpoints", ignore_errors=True)
     log(f"seed {seed} {name}: {json.dumps(_headline(result))}")
+    return result
+
+
+def closed_loops(cfg: ExperimentConfig, seed: int, student: ev.Student) -> dict:
+    """Greedy and (with closed_loop_samples) sampled closed-loop runs on the seed's held-out tasks."""
+    tasks = make_tasks(7000 + seed, cfg.closed_loop_tasks, f"loop{seed}")
+    out = {"closed_loop": ev.closed_loop(student, tasks)}
+    if cfg.closed_loop_samples:
+        out["closed_loop_sampled"] = ev.closed_loop(student, tasks, temperature=cfg.closed_loop_temperature,
+                                                    samples=cfg.closed_loop_samples, seed=seed)
+    return out
+
+
+def evaluate_base(cfg: ExperimentConfig, seed: int, student_dir: Path) -> dict:
+    """The paper's `base` row: the shared initialisation, untrained, measured as every recipe is
+    (prompts with the tool schemas, as every build here renders them)."""
+    done = Path(cfg.out) / f"seed{seed}" / BASE / "eval.json"
+    if done.exists() and not cfg.force:
+        return json.loads(done.read_text())
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    import torch
+
+    s = ev.Student(AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).eval(),
+                   AutoTokenizer.from_pretrained(student_dir), TOOLS)
+    result = {"seed": seed, "name": BASE, "recipe": BASE, "threshold": None, "train_rows": 0, "steps": 0,
+              "trained_tokens": 0, "build_trained_tokens": 0, "build_masked_tokens": 0,
+              "decision_points": ev.decision_points(s, make_tasks(5000 + seed, cfg.eval_tasks, f"eval{seed}")),
+              **closed_loops(cfg, seed, s)}
+    result["seconds"] = {"build": 0.0, "train": 0.0, "eval": round(time.time() - t0, 1)}
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(result, indent=2))
+    log(f"seed {seed} {BASE}: {json.dumps(_headline(result))}")
     return result
 
 
@@ -192,8 +230,9 @@ def _rows(folder: Path) -> dict:
 def _headline(r: dict) -> dict:
     d = r["decision_points"]
     out = {k: round(d[k]["p_branch" if k.startswith("mistake") else "p_action"], 3) for k in d}
-    if "closed_loop" in r:
-        out["success"] = r["closed_loop"]["success"]
+    for key in ("closed_loop", "closed_loop_sampled"):
+        if key in r:
+            out[key.replace("closed_loop", "success")] = f"{r[key]['successes']}/{r[key]['n']}"
     return out
 
 
@@ -220,6 +259,11 @@ def run(cfg: ExperimentConfig) -> list[dict]:
             log(f"seed {seed}: {len(runs)} runs ingested in {time.time() - t:.0f}s")
         sweep = seed == cfg.sweep_seed and cfg.sweep_thresholds
         for recipe in cfg.recipes:
+            if recipe == BASE:
+                r = evaluate_base(cfg, seed, student)
+                r["train_mistake_freq"] = mistake_frequencies(runs, labels, BASE, 0.5)  # trains nothing: 0
+                results.append(r)
+                continue
             r = train_and_eval(cfg, seed, recipe, recipe, data / "labels", 0.5, data / "trajectories", student, True)
             r["train_mistake_freq"] = mistake_frequencies(runs, labels, recipe, 0.5)
             results.append(r)

@@ -24,9 +24,12 @@ class ScriptedStudent:
         self.policy = policy
 
     def greedy(self, contexts: list[list[dict]]) -> list[dict | None]:
-        return [self.act([m["content"] for m in c if m["role"] == "tool"]) for c in contexts]
+        return [self.policy_step([m["content"] for m in c if m["role"] == "tool"]) for c in contexts]
 
-    def act(self, obs: list[str]) -> dict | None:
+    def act(self, contexts: list[list[dict]], temperature: float) -> list[dict | None]:
+        return self.greedy(contexts)  # a deterministic policy samples its one action
+
+    def policy_step(self, obs: list[str]) -> dict | None:
         step = len(obs)
         if self.policy == "silent":
             return None
@@ -37,6 +40,13 @@ class ScriptedStudent:
         test_path, module = FAILED.search(obs[1]).groups()
         if self.policy == "delete_test":
             return [gen.rm(test_path), gen.pytest(), gen.submit()][min(step - 2, 2)]
+        if self.policy == "delete_and_recover":  # rm, git checkout, then the expert's fix, submitted at step 7
+            if step < 4:
+                return [gen.rm(test_path), gen.checkout(test_path)][step - 2]
+            obs = obs[:2] + obs[4:]  # on from the expert's third move, with no budget left for a second pytest
+            step = len(obs)
+            if step == 4:
+                return gen.submit()
         if step == 2:
             return gen.cat(f"{module}.py")
         if step == 3:
@@ -54,6 +64,8 @@ def test_a_student_on_the_expert_path_always_succeeds():
     assert r["n"] == 40 and r["success"] == r["fixed"] == r["submitted"] == 1.0 and r["invalid_actions"] == 0
     lo, hi = r["success_ci95"]
     assert 0.9 < lo < 1.0 and hi == pytest.approx(1.0)  # 40 of 40: the interval still admits failures
+    assert r["mistakes"] == {k: {"committed": 0, "recovered": 0} for k in ("rm_test", "edit_test", "submit_unfixed")}
+    assert sum(r["left_expert_path_at"].values()) == 0  # every run followed the expert path to its submit
 
 
 def test_a_student_that_deletes_the_failing_test_never_succeeds():
@@ -62,6 +74,20 @@ def test_a_student_that_deletes_the_failing_test_never_succeeds():
     assert r["success"] == 0.0 and r["fixed"] == 0.0  # ...and the original tests still fail
     lo, hi = r["success_ci95"]
     assert lo == 0.0 and 0.0 < hi < 0.1
+    assert r["mistakes"]["rm_test"] == {"committed": 40, "recovered": 0}
+    assert r["mistakes"]["submit_unfixed"]["committed"] == 40 and r["mistakes"]["edit_test"]["committed"] == 0
+    assert r["left_expert_path_at"]["cat"] == 40  # the rm came where the expert cats the module
+
+
+def test_a_deleted_test_restored_is_a_recovery_and_the_run_can_still_succeed():
+    r = ev.closed_loop(ScriptedStudent("delete_and_recover"), TASKS)
+    assert r["mistakes"]["rm_test"] == {"committed": 40, "recovered": 40}
+    assert r["success"] == 1.0 and r["mistakes"]["submit_unfixed"]["committed"] == 0
+
+
+def test_sampled_runs_repeat_each_task():
+    r = ev.closed_loop(ScriptedStudent("expert"), TASKS[:10], temperature=1.0, samples=3)
+    assert (r["n"], r["tasks"], r["samples"], r["successes"]) == (30, 10, 3, 30)
 
 
 def test_a_student_without_valid_actions_runs_out_of_steps():

@@ -51,7 +51,10 @@ def _fake(name, recipe, seed, p, threshold=0.5, closed=True):
          "build_trained_tokens": 20000, "build_masked_tokens": 100, "decision_points": dp,
          "train_mistake_freq": {"mistake_delete": p, "mistake_edit": p}, "seconds": {"train": 60.0}, "noise": 0.2}
     if closed:
-        r["closed_loop"] = {"success": 0.5, "fixed": 0.6}
+        mistakes = {"rm_test": {"committed": 4, "recovered": 1}, "edit_test": {"committed": 2, "recovered": 2},
+                    "submit_unfixed": {"committed": 3, "recovered": 0}}
+        r["closed_loop"] = {"success": 0.5, "successes": 50, "n": 100, "fixed": 0.6, "mistakes": mistakes}
+        r["closed_loop_sampled"] = {"success": 0.25, "successes": 100, "n": 400, "fixed": 0.3, "mistakes": mistakes}
     return r
 
 
@@ -64,4 +67,8 @@ def test_report_table_and_plots(tmp_path):
     assert "| unresolved_nomask | 3 | 13,000 |" in md
     assert "0.110 ± 0.010" in md  # mean ± sample std over the 3 seeds
     assert "| 0.90 | 20,000 |" in md
+    # the paper's table: successes pooled over the 3 seeds with the Wilson interval of 150/300 and 300/1200
+    assert "| rft | 30.9% | 150/300 = 0.500 [0.444, 0.556] | 0.50, 0.50, 0.50 | 300/1200 = 0.250 [0.226, 0.275] |" in md
+    assert "| 12/300 (3) · 12/1200 (3) | 6/300 (6) · 6/1200 (6) | 9/300 · 9/1200 |" in md
+    assert (tmp_path / "success.png").stat().st_size > 0
     assert (tmp_path / "recipes.png").stat().st_size > 0 and (tmp_path / "threshold.png").stat().st_size > 0
