@@ -85,7 +85,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from pipeline import io
+from pipeline import io, tables
 from pipeline.errors import UserError
 
 MANIFEST = "_manifest.json"
@@ -133,9 +133,10 @@ class Commit:
         return self.manifest["commit"]["files"]
 
     def live_versions(self) -> set[str]:
-        """The version folders holding this record's files (its own and those of carried files)."""
+        """The version folders holding this record's files (its own and those of carried files),
+        as paths under root: ``_v-...`` or, for a side table's files, ``_errors/_v-...``."""
         c = self.manifest["commit"]
-        return {c["version"], *(p.split("/", 1)[0] for p in c["files"].values())}
+        return {c["version"], *(version_folder(p) for p in c["files"].values())}
 
     def versions(self) -> set[str]:
         """Every version folder this record keeps: its live ones and those of the commit before it
@@ -150,6 +151,22 @@ class Commit:
             for logical, physical in sorted(self.files.items())
             if not under or logical == under or logical.startswith(under + "/")
         }
+
+
+def version_folder(physical: str) -> str:
+    """The version folder (a path under root) that holds the file at `physical` (a path under root)."""
+    parts = physical.split("/")
+    for i, p in enumerate(parts):
+        if p.startswith(VERSION_PREFIX):
+            return "/".join(parts[: i + 1])
+    return parts[0]
+
+
+def side_table(logical: str) -> str | None:
+    """The side table (``_errors``, ``_quarantine``, ...) a logical path belongs to, or None for the
+    main table's files and the output's loose files (``_summary.json``)."""
+    head, sep, _ = logical.partition("/")
+    return head if sep and head.startswith("_") else None
 
 
 def read_manifest(uri: str) -> dict | None:
@@ -234,6 +251,8 @@ def traces(uri: str) -> str | None:
     for n in sorted(names):
         if n.startswith(VERSION_PREFIX):
             return n[len(VERSION_PREFIX):].split("-", 1)[0]
+    if tables.LOG in names:
+        return "a pipeline stage"
     if LOCK in names:
         try:
             return json.loads(io.read_bytes_physical(io.join(uri, LOCK))).get("stage") or "a pipeline stage"
@@ -334,8 +353,7 @@ def _check_reusable(root: str, stage: str) -> Commit | None:
                 f"not of {stage}; choose another output folder"
             )
         return read_commit(root)
-    names = sorted(posixpath.basename(e.path) for e in fs.get_file_info(pafs.FileSelector(path, recursive=False)))
-    foreign = [n for n in names if not _is_trace_of(n, stage)]
+    foreign = _foreign(root, stage)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise UserError(
@@ -348,8 +366,28 @@ def _check_reusable(root: str, stage: str) -> Commit | None:
 def _is_trace_of(name: str, stage: str) -> bool:
     return (
         name.startswith((f"{VERSION_PREFIX}{stage}-", STAGING_PREFIX, LOCK + ".", MANIFEST + ".tmp-"))
-        or name in (LOCK, CHECKPOINTS)
+        or name in (LOCK, CHECKPOINTS, tables.LOG)
     )
+
+
+def _is_side_folder(name: str) -> bool:
+    return name.startswith("_") and not name.startswith((VERSION_PREFIX, STAGING_PREFIX, LOCK, MANIFEST)) \
+        and name not in (CHECKPOINTS, tables.LOG)
+
+
+def _foreign(root: str, stage: str) -> list[str]:
+    """Names under `root` that no run of `stage` wrote: anything but its traces, and side table
+    folders holding only such traces."""
+    fs, path = io.filesystem(root)
+    out = []
+    for e in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+        name = posixpath.basename(e.path)
+        if _is_trace_of(name, stage):
+            continue
+        if e.type == pafs.FileType.Directory and _is_side_folder(name) and not _foreign(io.join(root, name), stage):
+            continue
+        out.append(name)
+    return sorted(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -708,31 +746,72 @@ class Output:
     def uri(self) -> str:
         return io.absolute(io.join(self.root, self.version))
 
+    def side_uri(self, table: str) -> str:
+        """Where this run writes the files of side table `table` (``_errors``, ``_quarantine``):
+        a version folder inside the side table's own folder, so that the side table is a Delta
+        table of its own (pipeline.tables). Their logical paths are ``<table>/<file>``."""
+        if not table.startswith("_") or "/" in table or table.startswith((VERSION_PREFIX, tables.LOG)):
+            raise ValueError(f"a side table is one folder name starting with '_', not {table!r}")
+        return io.absolute(io.join(self.root, table, self.version))
+
     def carry(self, logical_paths: Iterable[str]) -> None:
         if self.previous is None:
             raise ValueError(f"{self.root} has no previous commit to carry files from")
         for p in logical_paths:
             self.carried[p] = self.previous.files[p]
 
+    def _side_tables(self) -> list[str]:
+        """Side table folders under root (named ``_...``, not a version, log, lock or checkpoint)."""
+        return sorted(
+            posixpath.basename(i.path) for i in _children(self.root)
+            if i.type == pafs.FileType.Directory and _is_side_folder(posixpath.basename(i.path))
+        )
+
     def written(self) -> dict[str, str]:
-        """{logical: path under root} of every file under this run's version folder now."""
-        fs, path = io.filesystem(self.uri)
+        """{logical: path under root} of every file this run has written so far: under its version
+        folder, and under its version folder in each side table."""
         out = {}
-        for f in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
-            if f.type != pafs.FileType.File or ".tmp-" in posixpath.basename(f.path):
-                continue
-            rel = posixpath.relpath(f.path, path)
-            out[rel] = f"{self.version}/{rel}"
+        for prefix in ["", *self._side_tables()]:
+            folder = posixpath.join(prefix, self.version) if prefix else self.version
+            fs, path = io.filesystem(io.join(self.root, folder))
+            for f in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
+                if f.type != pafs.FileType.File or ".tmp-" in posixpath.basename(f.path):
+                    continue
+                rel = posixpath.relpath(f.path, path)
+                out[posixpath.join(prefix, rel) if prefix else rel] = f"{folder}/{rel}"
         return out
 
+    def publish_tables(self, files: dict[str, str], status: str) -> dict[str, int]:
+        """Make each table among `files` ({logical: physical}) a new Delta version (pipeline.tables);
+        returns {table ("" for the main one): version}. Files of a side table that live in the main
+        version folder (the layout before side tables had folders of their own) have no table."""
+        groups: dict[str, list[str]] = {}
+        for logical, physical in files.items():
+            if not logical.endswith(".parquet"):
+                continue
+            table = side_table(logical)
+            if table is None and "/" not in logical:
+                groups.setdefault("", []).append(physical)
+            elif table is not None and physical.startswith(table + "/" + VERSION_PREFIX):
+                groups.setdefault(table, []).append(physical[len(table) + 1:])
+        return {
+            table: tables.publish(io.join(self.root, table) if table else self.root, sorted(rel),
+                                  stage=self.stage, run_id=self.run_id, status=status)
+            for table, rel in sorted(groups.items())
+        }
+
     def commit(self, status: str = "partial", **fields) -> dict:
-        """Write the commit record naming the carried files and everything under `uri` now."""
+        """Write the commit record naming the carried files and everything written now, after
+        publishing each table among them as a Delta version (pipeline.tables)."""
         files = {**self.carried, **self.written()}
         keep = sorted(self.previous.live_versions() - {self.version}) if self.previous else []
+        if self.lock is not None:
+            self.lock.check()
+        versions = self.publish_tables(files, status)
         manifest = {
             **self.record, **fields,
             "stage": self.stage, "status": status, "run_id": self.run_id, "output": self.root,
-            "commit": {"version": self.version, "files": files, "keep": keep,
+            "commit": {"version": self.version, "files": files, "keep": keep, "tables": versions,
                        "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         }
         if self.lock is not None:
@@ -743,20 +822,26 @@ class Output:
         return manifest
 
     def collect(self, current: Commit | None) -> None:
-        """Delete version folders that neither `current` nor this run needs, staging folders of the
-        old layout and leftovers of killed runs; only ever names the pipeline itself writes."""
+        """Delete version folders that neither `current`, this run nor the latest Delta version of
+        any table needs, staging folders of the old layout and leftovers of killed runs; only ever
+        names the pipeline itself writes."""
         last = current if current is not None else self.previous
-        needed = {self.version} | (last.versions() if last is not None else set())
-        for info in _children(self.root):
-            name = posixpath.basename(info.path)
-            stale = (
-                (name.startswith(VERSION_PREFIX) and name not in needed)
-                or name.startswith((STAGING_PREFIX, MANIFEST + ".tmp-", LOCK + ".stale-"))
-                # a heartbeat's temporary file left by a run of the old (mutex) lock; nobody's now
-                or (name.startswith(LOCK + ".tmp-") and _age_s(info) > lock_ttl_s())
-            )
-            if stale:
-                _delete(self.root, info)
+        needed = last.versions() if last is not None else set()
+        for prefix in ["", *self._side_tables()]:
+            folder = io.join(self.root, prefix) if prefix else self.root
+            in_delta = {version_folder(f) for f in tables.referenced(folder)}
+            for info in _children(folder):
+                name = posixpath.basename(info.path)
+                key = posixpath.join(prefix, name) if prefix else name
+                stale = (
+                    (name.startswith(VERSION_PREFIX) and name != self.version and key not in needed
+                     and name not in in_delta)
+                    or (not prefix and name.startswith((STAGING_PREFIX, MANIFEST + ".tmp-", LOCK + ".stale-")))
+                    # a heartbeat's temporary file left by a run of the old (mutex) lock; nobody's now
+                    or (not prefix and name.startswith(LOCK + ".tmp-") and _age_s(info) > lock_ttl_s())
+                )
+                if stale:
+                    _delete(self.root, info)
 
     def close(self) -> None:
         """Release the lock. A run that committed nothing and wrote nothing (refused by the stage

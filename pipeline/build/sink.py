@@ -3,8 +3,9 @@
 A unit is what Ray Data hands one `write()` call: whole consecutive record blocks, at least
 `unit_records` records (`Datasink.min_rows_per_write`), in input order. The task packs the unit's
 documents with the stage's StreamingPacker, writes its TRAINING_ROW shards
-(`part-<unit>-<shard>.parquet`) and its side tables (`_errors/part-<unit>.parquet`,
-`_excluded/part-<unit>.parquet`) into the run's version folder, and returns a few counters. The
+(`part-<unit>-<shard>.parquet`) into the run's version folder and its side tables
+(`part-<unit>.parquet`) into the run's folders of `_errors` and `_excluded`
+(`Output.side_uri`), and returns a few counters. The
 driver sees those counters, never a token or a side-table row.
 
 Why the output is deterministic: with `preserve_order` the records reach the write operator in input
@@ -45,8 +46,10 @@ def unit_records(cfg: BuildConfig) -> int:
     return UNIT_WINDOWS * cfg.pack.window
 
 
-def pack_unit(blocks: Iterable[pa.Table], cfg: BuildConfig, folder: str, unit: int) -> dict:
-    """Pack and write one unit of records (records.RECORD blocks); return its counters."""
+def pack_unit(blocks: Iterable[pa.Table], cfg: BuildConfig, folder: str, unit: int,
+              side_folders: dict[str, str] | None = None) -> dict:
+    """Pack and write one unit of records (records.RECORD blocks); return its counters. Side
+    tables go to `side_folders` ({"_errors": URI, ...}; default: folders of those names in `folder`)."""
     packer = (
         StreamingPacker(cfg.pack.seq_len, cfg.pack.window, cfg.pack.max_open_bins, cfg.pack.target_fill)
         if cfg.pack.enabled
@@ -117,7 +120,7 @@ def pack_unit(blocks: Iterable[pa.Table], cfg: BuildConfig, folder: str, unit: i
     for st, sub in SIDE_FOLDERS.items():
         if side[st]:
             io.write_table(pa.Table.from_pylist(side[st], schema=BUILD_ERROR),
-                           io.join(folder, sub, f"part-{unit:05d}.parquet"))
+                           io.join((side_folders or {}).get(sub) or io.join(folder, sub), f"part-{unit:05d}.parquet"))
     assert tok["trained"] == tok["trained_before_packing"], "packing changed the trained token count"
     return {"unit": unit, "records": records, "shards": shards, "kinds": dict(kinds), "tokens": dict(tok),
             "tools": dict(tools), "errors": dict(reasons["error"]), "excluded": dict(reasons["excluded"]),
@@ -140,8 +143,8 @@ def combine(units: list[dict]) -> dict:
 class TrainingRowSink(Datasink):
     """Writes TRAINING_ROW shards and side tables into `folder`, one packing unit per write task."""
 
-    def __init__(self, cfg: BuildConfig, folder: str):
-        self.cfg, self.folder = cfg, folder
+    def __init__(self, cfg: BuildConfig, folder: str, side_folders: dict[str, str] | None = None):
+        self.cfg, self.folder, self.side_folders = cfg, folder, side_folders
         self.units: list[dict] = []  # filled on the driver by on_write_complete
 
     @property
@@ -155,7 +158,7 @@ class TrainingRowSink(Datasink):
 
     def write(self, blocks: Iterable, ctx) -> dict:
         tables = (BlockAccessor.for_block(b).to_arrow() for b in blocks)
-        return pack_unit(tables, self.cfg, self.folder, ctx.task_idx)
+        return pack_unit(tables, self.cfg, self.folder, ctx.task_idx, self.side_folders)
 
     def on_write_complete(self, write_result) -> None:
         self.units = sorted((r for r in write_result.write_returns if r is not None), key=lambda r: r["unit"])

@@ -39,7 +39,7 @@ from pipeline.build.builder import MaskBuilder
 from pipeline.build.config import LABEL_RECIPES, BuildConfig, token_limit, validate
 from pipeline.build.labels import LABEL_COLUMNS, compact, index_from_compact
 from pipeline.build.records import OPTIONAL_TRAJ_COLUMNS, TRAJ_COLUMNS, build_records
-from pipeline.build.sink import TrainingRowSink, combine, unit_records
+from pipeline.build.sink import SIDE_FOLDERS, TrainingRowSink, combine, unit_records
 from pipeline.commit import Output
 from pipeline.config import redacted
 from pipeline.manifest import Stage, run_direct
@@ -151,7 +151,8 @@ def run(cfg: BuildConfig, out: Output | None = None) -> dict:
 
     # Packing and writing happen in Ray Data write tasks, one packing unit (a run of consecutive
     # records) per task (pipeline/build/sink.py); the driver gets each unit's counters back.
-    sink = TrainingRowSink(cfg, out.uri)  # out.uri: this run's version folder; run_stage commits it
+    # out.uri: this run's version folder; side tables in their own (Delta tables of their own); run_stage commits them
+    sink = TrainingRowSink(cfg, out.uri, {sub: out.side_uri(sub) for sub in SIDE_FOLDERS.values()})
     records.write_datasink(sink)
     c = combine(sink.units)
     rows_in, kinds, tok, tools = c["records"], c["kinds"], c["tokens"], c["tools"]

@@ -86,7 +86,7 @@ def run(cfg: ExportConfig, out: Output | None = None) -> dict:
         progress.update(done=1, errors=0, rows=counts["rows_in"])
     flush()
     if errors:
-        io.write_table(pa.Table.from_pylist(errors, schema=EXPORT_ERROR), io.join(out.uri, "_errors", "part-00000.parquet"))
+        io.write_table(pa.Table.from_pylist(errors, schema=EXPORT_ERROR), io.join(out.side_uri("_errors"), "part-00000.parquet"))
     summary = {**counts, "rows_out": counts["examples"], "format": cfg.format, "unpacked": unpack,
                "files": shards, "output": cfg.output,
                "quarantine_reasons": sorted({e["reason"] for e in errors})[:10]}

@@ -92,7 +92,7 @@ def run(cfg: IngestConfig, out: Output | None = None) -> dict:
     )
 
     _write(records.map_batches(trajectories, batch_format="pyarrow"), out.uri, TRAJECTORY, cfg.rows_per_shard)
-    quarantine_folder = io.join(out.uri, "_quarantine")
+    quarantine_folder = out.side_uri("_quarantine")
     _write(records.map_batches(quarantined, batch_format="pyarrow"), quarantine_folder, QUARANTINE, 10_000)
     if cfg.quarantine:  # a second output, committed on its own
         commit_copy("ingest.quarantine", quarantine_folder, cfg.quarantine, {**inputs(cfg), "output": cfg.output},

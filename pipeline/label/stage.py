@@ -165,7 +165,7 @@ def run(cfg: LabelConfig, out=None) -> dict:
             selected.append(tid)
 
     labels = ShardWriter(out.uri, run_id, STEP_LABEL, cfg.rows_per_shard)
-    errors = ShardWriter(io.join(out.uri, ERRORS), run_id, LABEL_ERROR, max(1, cfg.rows_per_shard // 10))
+    errors = ShardWriter(out.side_uri(ERRORS), run_id, LABEL_ERROR, max(1, cfg.rows_per_shard // 10))
     # Earlier error rows of trajectories this run does not retry stay, in this run's version.
     selected_set = set(selected)
     kept_errors = prev_errors.filter(pc.invert(pc.is_in(

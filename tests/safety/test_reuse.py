@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pipeline import commit, io
+from pipeline import commit, io, tables
 from pipeline.cli import run_stage_cli
 from pipeline.errors import UserError
 from pipeline.ingest.stage import STAGE as INGEST
@@ -52,7 +52,9 @@ def test_same_stage_output_is_replaced_and_only_pipeline_files_go(tmp_path, data
     assert c1.status == "complete" and c1.stage == "ingest"
     rows = io.read_table(str(out), TRAJECTORY)
     assert rows.num_rows == first["rows_out"] > 0
-    assert sorted(os.listdir(out)) == ["_manifest.json", c1.version]
+    side = {"_quarantine"}  # a side table's folder (its files in its own version folders)
+    assert set(os.listdir(out)) - side == {"_delta_log", "_manifest.json", c1.version}
+    assert tables.read(str(out)).sort_by("traj_id").equals(rows.sort_by("traj_id"))
 
     (out / "NOTES.md").write_text("a user note beside a committed output")
     (out / "_staging-20250101T000000-dead00").mkdir()  # the old layout's leftover of a killed run
@@ -63,7 +65,7 @@ def test_same_stage_output_is_replaced_and_only_pipeline_files_go(tmp_path, data
     second = run_stage_cli(INGEST, [f"input={data}", f"output={out}", "rows_per_shard=3"])
     c2 = commit.read_commit(str(out))
     assert c2.version != c1.version and second["rows_out"] == first["rows_out"]
-    assert sorted(os.listdir(out)) == sorted(["_manifest.json", c1.version, c2.version, "NOTES.md"])
+    assert set(os.listdir(out)) - side == {"_delta_log", "_manifest.json", c1.version, c2.version, "NOTES.md"}
     assert io.read_table(str(out), TRAJECTORY).sort_by("traj_id").equals(rows.sort_by("traj_id"))
     assert len(io.list_files(str(out), (".parquet",))) < len(c1.uris())  # only the new shards are read
     assert (tmp_path / "beside.txt").read_text() == "not ours"
