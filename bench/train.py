@@ -92,7 +92,7 @@ def main() -> None:
         if gpu:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        from pipeline.train.loop import peak_memory_bytes
+        from pipeline.train.metrics import peak_memory_bytes
 
         r = {"step": s, "loss": round(out["loss"], 4), "step_time_s": round(dt, 3),
              "tokens_per_s": out["tokens"] / dt, "tokens_per_s_per_device": out["tokens"] / dt / ctx.world,

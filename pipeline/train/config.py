@@ -82,7 +82,7 @@ class TrainParams:
     export_shard_bytes: int = 5_000_000_000
     log_every_steps: int = 1
     # Dense peak FLOP/s of one device for the MFU; None = look the GPU up by name
-    # (pipeline.train.loop.PEAK_BF16_FLOPS). MFU is null on CPU and on GPUs not in the table.
+    # (pipeline.train.metrics.PEAK_BF16_FLOPS). MFU is null on CPU and on GPUs not in the table.
     peak_flops_per_device: float | None = None
     cpu_threads: int = 0  # torch threads per worker on CPU; 0 = cores / local workers
 

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import resource
 import shutil
 import sys
 import time
@@ -35,6 +34,7 @@ from pipeline import io
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import MicroBatch, Source, doc_attention_flops, total_steps
+from pipeline.train.metrics import peak_flops, peak_memory_bytes
 from pipeline.train.model import CausalLMLoss, build, dtype_of, local_model_path, num_params
 
 log = logging.getLogger(__name__)
@@ -81,44 +81,6 @@ def make_optimizer(model: torch.nn.Module, t) -> torch.optim.Optimizer:
         [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
     )
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
-
-# Dense (no sparsity) bf16/fp16 tensor-core peak of one GPU, from the vendor data sheets, matched
-# against torch.cuda.get_device_name() in this order (first substring that matches wins).
-PEAK_BF16_FLOPS: list[tuple[str, float]] = [
-    ("GH200", 989e12),
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),  # SXM5 (reported as "NVIDIA H100 80GB HBM3")
-    ("H800", 989e12),
-    ("B200", 2250e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("L40S", 362e12),
-    ("L4", 121e12),
-    ("A10G", 70e12),
-]
-HALF = ("bfloat16", "float16")
-
-
-def peak_flops(device: torch.device, param_dtype: str, override: float | None) -> float | None:
-    """The device's dense peak FLOP/s for the MFU, or None where it is not known: never on CPU
-    (a CPU "MFU" means nothing), and not for fp32 compute (the table holds half-precision peaks)."""
-    if device.type != "cuda":
-        return None
-    if override:
-        return override
-    if param_dtype not in HALF:
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
 
 
 def _all_reduce(values: list[float], device: torch.device) -> list[float]:

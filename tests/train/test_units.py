@@ -14,7 +14,8 @@ from pipeline.errors import UserError
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.config import TrainConfig, TrainParams
 from pipeline.train.data import collate, held_out
-from pipeline.train.loop import lr_lambda, peak_flops
+from pipeline.train.loop import lr_lambda
+from pipeline.train.metrics import peak_flops
 from pipeline.train.model import packed_logits
 from tests.train.helpers import make_rows, write_rows
 
