@@ -36,6 +36,7 @@ from pipeline.train.config import TrainConfig
 from pipeline.train.data import MicroBatch, Source, doc_attention_flops, total_steps
 from pipeline.train.metrics import peak_flops, peak_memory_bytes
 from pipeline.train.model import CausalLMLoss, build, dtype_of, local_model_path, num_params
+from pipeline.train.tracking import SafeTracker, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -217,31 +218,6 @@ def evaluate(model: CausalLMLoss, batches, ctx: Dist) -> tuple[float, float]:
     return total / max(n, 1.0), n
 
 
-class _SafeTracker:
-    """Tracking must not kill a training run: the first failure is logged, tracking stops, and
-    the summary says why."""
-
-    def __init__(self, open_fn):
-        self.error = None
-        self.tracker = self._call(open_fn)
-
-    def _call(self, fn, *args):
-        if self.error is not None:
-            return None
-        try:
-            return fn(*args)
-        except Exception as e:  # noqa: BLE001 - any backend failure
-            self.error = f"{type(e).__name__}: {e}"
-            log.error("tracking disabled: %s", self.error)
-            return None
-
-    def __getattr__(self, name):
-        def call(*args):
-            if self.tracker is not None:
-                self._call(getattr(self.tracker, name), *args)
-        return call
-
-
 def export_dtype(name: str, config) -> torch.dtype:
     """auto = the input model's own dtype (its config.json), bfloat16 when it names none."""
     if name != "auto":
@@ -266,7 +242,6 @@ def run(cfg: TrainConfig, source: Source, total_rows: int, reporter: Reporter, c
 
     from pipeline.config import redacted
     from pipeline.progress import Progress
-    from pipeline.train.tracking import open_tracker
 
     t = cfg.train
     ctx = ctx or dist_context()
@@ -314,7 +289,7 @@ def run(cfg: TrainConfig, source: Source, total_rows: int, reporter: Reporter, c
     restored_step = step
 
     rank0 = ctx.rank == 0
-    tracker = _SafeTracker(lambda: open_tracker(cfg, run_name, step) if rank0 else None)
+    tracker = SafeTracker(lambda: open_tracker(cfg, run_name, step) if rank0 else None)
     if rank0:
         tracker.log_config({"config": redacted(cfg), "identity": identity or {}})
     progress = Progress("train", total, "steps", every_s=30.0) if rank0 else None

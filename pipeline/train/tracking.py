@@ -16,7 +16,8 @@ after a worker death or by `resume=auto` continues the same tracking run:
                with WANDB_MODE=offline. Not installed here: untested, documented in docs/train.md.
 
 The packages are imported only when chosen; `check(cfg)` fails early (UserError) when the chosen
-one is not installed.
+one is not installed. The loop holds its tracker through `SafeTracker`: a backend that fails stops
+tracking, never the training run.
 """
 
 from __future__ import annotations
@@ -188,3 +189,28 @@ def open_tracker(cfg, run_name: str, start_step: int) -> Tracker:
     if cfg.tracking == "wandb":
         return WandbTracker(cfg.tracking_uri, cfg.tracking_project, run_name)
     return Tracker()
+
+
+class SafeTracker:
+    """Tracking must not kill a training run: the first failure is logged, tracking stops, and
+    the summary says why."""
+
+    def __init__(self, open_fn):
+        self.error = None
+        self.tracker = self._call(open_fn)
+
+    def _call(self, fn, *args):
+        if self.error is not None:
+            return None
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - any backend failure
+            self.error = f"{type(e).__name__}: {e}"
+            log.error("tracking disabled: %s", self.error)
+            return None
+
+    def __getattr__(self, name):
+        def call(*args):
+            if self.tracker is not None:
+                self._call(getattr(self.tracker, name), *args)
+        return call
