@@ -39,16 +39,13 @@ _URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 OUTPUT_KEYS = ("output", "root", "quarantine", "errors", "checkpoint_storage")
 
 
-def load_config(
-    cls: type[T], stage: str, argv: list[str], conf_dir: Path = CONF_DIR, nested: tuple[str, ...] = ()
-) -> T:
+def load_config(cls: type[T], stage: str, argv: list[str], conf_dir: Path = CONF_DIR) -> T:
     """Build a validated `cls` instance from its defaults, an optional preset and `argv`.
 
     ``conf/<stage>.yaml``, where one exists (only the pipeline driver's demo, ``conf/pipeline.yaml``),
     is the default preset: it is layered in only when `argv` names no ``config=`` preset, so a
-    production preset never inherits demo settings. `nested` is unused (kept for callers).
+    production preset never inherits demo settings.
     """
-    del nested
     layers: list[Any] = [OmegaConf.structured(cls)]
     stage_yaml = conf_dir / f"{stage}.yaml"
     if stage_yaml.exists() and not any(a.startswith("config=") for a in argv):
@@ -81,28 +78,32 @@ def load_config(
     return cfg
 
 
-def validate(cfg: Any, prefix: str = "") -> None:
-    """Call ``validate()`` on `cfg` and on every nested config dataclass (each raises `UserError`).
+def validate(cfg: Any) -> None:
+    """Validate `cfg` once (each check raises `UserError`).
 
-    A stage config's messages name its keys from the stage's root (``critic.pool.min``). Where a
-    config nests whole stage configs (the pipeline driver's ``label``, ``build``...: the names in
-    its ``STAGE_FIELDS``), their messages get that field's name in front, so that they name the key
-    the user typed (``label.critic.pool.min``)."""
+    A config with a ``validate()`` method owns its checks, those of its nested configs included
+    (``LabelConfig.validate`` calls ``critic.validate``, which calls ``pool.validate``): it is called
+    and not descended into, so each check runs once. A config without one (the pipeline driver's) is
+    descended into. A stage config's messages name its keys from the stage's root
+    (``critic.pool.min``); where a config nests whole stage configs (the pipeline driver's ``label``,
+    ``build``...: the names in its ``STAGE_FIELDS``), their messages get that field's name in front,
+    so that they name the key the user typed (``label.critic.pool.min``)."""
     if not dataclasses.is_dataclass(cfg):
+        return
+    check = getattr(cfg, "validate", None)
+    if callable(check):
+        check()
         return
     stage_fields = getattr(cfg, "STAGE_FIELDS", ())
     for f in dataclasses.fields(cfg):
         child = getattr(cfg, f.name)
         if f.name not in stage_fields:
-            validate(child, f"{prefix}{f.name}.")
+            validate(child)
             continue
         try:
             validate(child)
         except UserError as e:
-            raise UserError(f"{prefix}{f.name}.{e}") from None
-    check = getattr(cfg, "validate", None)
-    if callable(check):
-        check()
+            raise UserError(f"{f.name}.{e}") from None
 
 
 def resolve_outputs_for_ray_job(cfg: Any) -> Any:

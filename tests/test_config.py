@@ -58,6 +58,39 @@ def test_validate_runs_at_load_time(tmp_path):
     assert load_config(Checked, "s", ["size=3"], conf_dir=tmp_path).size == 3
 
 
+@dataclass
+class CountedChild:
+    min: int = 1
+    calls: int = 0
+
+    def validate(self, prefix: str = "child") -> None:
+        self.calls += 1
+        if self.min < 1:
+            raise UserError(f"{prefix}.min must be >= 1 (got {self.min})")
+
+
+@dataclass
+class CountedParent:
+    child: CountedChild = field(default_factory=CountedChild)
+
+    def validate(self) -> None:  # owns its child's checks, as LabelConfig owns critic.pool's
+        self.child.validate("child")
+
+
+@dataclass
+class CountedDriver:  # no validate() of its own, like the pipeline driver's config
+    STAGE_FIELDS = ("stage",)
+    stage: CountedParent = field(default_factory=CountedParent)
+
+
+def test_each_check_runs_once_at_load(tmp_path):
+    # A nested config's validate() is its parent's to call: load_config does not call it again.
+    assert load_config(CountedParent, "s", [], conf_dir=tmp_path).child.calls == 1
+    assert load_config(CountedDriver, "s", [], conf_dir=tmp_path).stage.child.calls == 1
+    with pytest.raises(UserError, match=r"^stage\.child\.min must be >= 1"):  # the key the user typed
+        load_config(CountedDriver, "s", ["stage.child.min=0"], conf_dir=tmp_path)
+
+
 def test_redaction():
     cfg = {"base_url": "https://user:pw@host/v1", "api_key": "sk-1", "nested": {"aws_secret": "x", "n": 3}}
     assert redacted(cfg) == {

@@ -101,7 +101,8 @@ class BuildConfig:
 
 
 def validate(cfg: BuildConfig) -> None:
-    """The same checks for configs built in code (load_config already ran them)."""
+    """The same as ``cfg.validate()``; only pipeline/build/stage.py still calls it (it goes with
+    that call, issue #21 item 4)."""
     cfg.validate()
 
 

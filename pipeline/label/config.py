@@ -298,11 +298,6 @@ def confidence_mode(c: CriticConfig) -> str:
     return c.confidence
 
 
-def validate(cfg: LabelConfig) -> None:
-    """Kept for callers that construct configs directly: the same as ``cfg.validate()``."""
-    cfg.validate()
-
-
 @dataclass
 class EvalCriticConfig:
     labels: str = MISSING  # STEP_LABEL shards (the label stage's output) or JSONL

@@ -145,10 +145,8 @@ def test_no_credentials_in_any_config():
 
 
 def test_critic_fits_the_critic_group(prod, aws, raycluster):
-    from pipeline.label.config import validate
-
     c = prod["label"].critic
-    validate(prod["label"])
+    prod["label"].validate()
     assert c.backend == "vllm" and "32B" in c.model
     assert c.tensor_parallel_size in (4, 8)
     assert c.num_gpus_per_actor == c.tensor_parallel_size  # one actor = one TP engine
@@ -179,10 +177,10 @@ def test_train_world_size_is_the_train_group(prod, aws, raycluster):
 
 
 def test_build_matches_train(prod):
-    from pipeline.build.config import token_limit, validate
+    from pipeline.build.config import token_limit
 
     b, t = prod["build"], prod["train"]
-    validate(b)
+    b.validate()
     assert b.model == t.model  # the masks are built with the student's own tokenizer
     assert token_limit(b) <= t.train.seq_len and b.max_seq_len == 32768
     assert b.recipe in ("srft_mix", "srft_unresolved")
@@ -228,7 +226,7 @@ def test_pipeline_preset_equals_the_stage_presets(prod):
     from pipeline.driver import STAGES as PIPELINE_STAGES
     from pipeline.driver import PipelineConfig
 
-    cfg = load_config(PipelineConfig, "pipeline", [f"config={PROD / 'pipeline.yaml'}"], nested=PIPELINE_STAGES)
+    cfg = load_config(PipelineConfig, "pipeline", [f"config={PROD / 'pipeline.yaml'}"])
     assert cfg.root.startswith("s3://") and cfg.demo_models.critic is None and cfg.demo_models.student is None
     assert list(cfg.stages) == list(PIPELINE_STAGES)
     for stage in STAGES:

@@ -6,8 +6,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import UserError
-from pipeline.label.config import EvalCriticConfig, LabelConfig, confidence_mode, validate
-
+from pipeline.label.config import EvalCriticConfig, LabelConfig, confidence_mode
 
 REQUIRED = ["input=t", "output=l", "critic.model=m"]
 
@@ -21,7 +20,7 @@ def test_label_defaults_and_overrides():
     c = load_config(LabelConfig, "label", [*REQUIRED, "critic.pool.max=3", "critic.num_samples=1"])
     assert c.critic.pool.max == 3
     assert confidence_mode(c.critic) == "stated" and c.critic.enable_prefix_caching
-    validate(c)
+    c.validate()
 
 
 def test_vote_is_the_default_confidence():
@@ -32,7 +31,7 @@ def test_vote_is_the_default_confidence():
 @pytest.mark.parametrize("arg", ["critic.backend=tgi", "critic.confidence=guess", "critic.pool.min=0"])
 def test_bad_values_refused(arg):
     with pytest.raises((UserError, ValueError)):  # at load time, or from validate()
-        validate(load_config(LabelConfig, "label", [*REQUIRED, arg]))
+        load_config(LabelConfig, "label", [*REQUIRED, arg]).validate()
 
 
 def test_eval_requires_its_inputs():
