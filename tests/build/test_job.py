@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import io
+from pipeline import io, tables
 from pipeline.build.builder import Built, Conversation
 from pipeline.build.config import BuildConfig, MaskConfig, PackConfig
 from pipeline.build.packing import unpack_row
@@ -56,6 +56,7 @@ def test_build_srft_mix_packed_to_s3(ray_session, s3_bucket, inputs, builder):
 
     table = io.read_table(out, TRAINING_ROW)
     assert table.num_rows == s["rows_out"] == s["rows_per_recipe"]["srft_mix"]
+    assert tables.read(out).num_rows == table.num_rows  # the same rows as a Delta table on S3
     assert (table.schema.metadata or {}).get(b"srft.schema_version") is not None
     docs = {}
     for row in table.to_pylist():
