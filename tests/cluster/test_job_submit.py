@@ -1,0 +1,173 @@
+"""Stages submitted with `ray job submit` to the local autoscaling cluster (cluster/local/), outputs on
+a moto S3 server, as docs/cluster.md's walk-through "Submitting stages as Ray jobs, outputs on S3"
+does it (#17 item 5).
+
+The S3 credentials and the critic's API key are in the environment of the shell that starts the
+cluster and submits the jobs, as a user's would be. They must reach the stages (S3 is read and
+written, the critic, which refuses requests without its key, answers) without being written into
+anything Ray keeps: the jobs' records (`ray job list`: entrypoint, runtime_env, metadata), the
+jobs' logs (`ray job logs`), the commit records on S3, or any file of the cluster's Ray session
+(its logs include runtime_env_agent.log, where a runtime_env's env_vars would land).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, SAMPLE, _free_port
+
+RAY = str(Path(sys.executable).parent / "ray")
+TOKENIZER = REPO / ".cache" / "models" / "qwen2.5-tokenizer"
+
+
+@pytest.fixture
+def secrets() -> dict[str, str]:
+    """Values that appear nowhere else, so that finding one anywhere is a leak."""
+    return {"AWS_SECRET_ACCESS_KEY": f"s3-secret-{uuid.uuid4().hex}", "OPENAI_API_KEY": f"critic-key-{uuid.uuid4().hex}"}
+
+
+@pytest.fixture
+def s3(secrets, monkeypatch):
+    """A moto S3 server with the sample uploaded; the AWS environment set in this process (the
+    cluster started below inherits it, as from a user's shell)."""
+    port = _free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto_server did not start")
+            time.sleep(0.2)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "job-submit-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secrets["AWS_SECRET_ACCESS_KEY"])
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
+                           access_key="job-submit-test", secret_key=secrets["AWS_SECRET_ACCESS_KEY"],
+                           allow_bucket_creation=True)
+    fs.create_dir("srft-jobs")
+    pafs.copy_files(str(SAMPLE), "srft-jobs/raw/sample", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    yield "s3://srft-jobs"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def critic(secrets, monkeypatch):
+    """The real fake_critic HTTP server, answering only requests that carry the key."""
+    from tests.label.fake_critic import FakeCritic
+
+    monkeypatch.setenv("OPENAI_API_KEY", secrets["OPENAI_API_KEY"])
+    server = FakeCritic(key=secrets["OPENAI_API_KEY"]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster(s3, critic, monkeypatch):
+    """The local cluster (head_only.yaml: the autoscaler runs, no node to launch), started after the
+    credentials are in the environment."""
+    from cluster.local import autoscaling_cluster
+
+    # The jobs' `python` is this environment's, as with an activated venv (the head passes PATH on).
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    c = autoscaling_cluster.start(REPO / "cluster" / "local" / "head_only.yaml")
+    yield c
+    c.stop(keep_dir=True)  # the session's files are read after the test: stop() keeps them
+    import shutil
+
+    shutil.rmtree(c.dir, ignore_errors=True)
+
+
+def _ray(c, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The `ray` CLI as a user's shell runs it: this environment (credentials included) plus the
+    cluster's token settings."""
+    env = {**os.environ, **c.env()}
+    return subprocess.run([RAY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _submit(c, *entrypoint: str) -> subprocess.CompletedProcess:
+    deadline = time.time() + 300  # the dashboard answers before its job agent has registered
+    while True:
+        job = _ray(c, "job", "submit", "--address", c.dashboard_url, "--working-dir", ".",
+                   "--runtime-env", "cluster/runtime_env.yaml", "--", *entrypoint)
+        if "No available agent" not in job.stdout + job.stderr or time.time() > deadline:
+            assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+            return job
+        time.sleep(5)
+
+
+def _summary(job: subprocess.CompletedProcess) -> dict:
+    """The stage's JSON summary, the last JSON object the job printed."""
+    text = job.stdout
+    start = text.rindex("\n{") + 1
+    return json.loads(text[start:text.index("\n}", start) + 2])
+
+
+@pytest.mark.slow
+def test_ingest_and_label_as_ray_jobs_on_s3_keep_the_credentials_out(cluster, s3, critic, secrets):
+    from pipeline import io
+    from pipeline.schema import STEP_LABEL, TRAJECTORY
+
+    out = f"{s3}/runs/jobs"
+    ingest = _submit(cluster, "python", "-m", "jobs.ingest", f"input={s3}/raw/sample/trajectories",
+                     f"resolution={s3}/raw/sample/reports", f"output={out}/trajectories")
+    label_args = ["python", "-m", "jobs.label", f"input={out}/trajectories", f"output={out}/labels",
+                  "critic.backend=openai", "critic.model=fake-critic", f"critic.tokenizer={TOKENIZER}",
+                  f"critic.openai.base_url={critic.url}", "critic.num_samples=3"]
+    # Everything runs on the head: on this one-machine cluster a launched node would set the job's
+    # working_dir up again in the head's session dir, under the running job (head_only.yaml says why).
+    label = _submit(cluster, *label_args)
+    again = _submit(cluster, *label_args)  # the same stage re-run on the S3 data
+
+    # Ingest: the sample's 6 trajectories on S3, every input row accounted for.
+    trajectories = io.read_table(f"{out}/trajectories", TRAJECTORY)
+    s = _summary(ingest)
+    assert trajectories.num_rows == s["rows_out"] == 6 and s["rows_in"] == s["rows_out"] + s["rows_quarantined"]
+    # Label: every step of the 4 unresolved trajectories exactly once, on S3.
+    unresolved = {t: n for t, n, r in zip(*(trajectories[k].to_pylist() for k in ("traj_id", "num_steps", "resolved")))
+                  if r is not True}
+    labels = io.read_table(f"{out}/labels", STEP_LABEL)
+    pairs = sorted(zip(labels["traj_id"].to_pylist(), labels["step"].to_pylist()))
+    assert len(unresolved) == 4 and pairs == sorted((t, k) for t, n in unresolved.items() for k in range(n))
+    s = _summary(label)
+    assert s["trajectories_labelled"] == 4 and s["trajectories_errored"] == 0 and s["rows_out"] == len(pairs)
+    assert s["rows_in"] == 6 == s["trajectories_labelled"] + s["skipped_resolved"] + s["skipped_unknown_outcome"]
+    # The re-run labels nothing again: the committed labels are carried, none written twice.
+    s = _summary(again)
+    assert s["trajectories_selected"] == 0 and s["skipped_already_labelled"] == 4
+    assert s["rows_carried"] == s["rows_out"] == len(pairs) and s["rows_written"] == 0
+    assert io.read_table(f"{out}/labels", STEP_LABEL).num_rows == len(pairs)
+
+    # The credentials stayed out of everything Ray and the pipeline keep.
+    records = _ray(cluster, "job", "list", "--address", cluster.dashboard_url)
+    assert records.returncode == 0 and records.stdout.count("raysubmit_") >= 3, records.stdout[-2000:]
+    kept = {"job records": records.stdout}
+    for job_id in sorted(set(word.strip("',") for word in records.stdout.split() if word.strip("',").startswith("raysubmit_"))):
+        kept[f"log of {job_id}"] = _ray(cluster, "job", "logs", "--address", cluster.dashboard_url, job_id).stdout
+    for stage in ("trajectories", "labels"):
+        kept[f"{stage}/_manifest.json"] = io.read_bytes(f"{out}/{stage}/_manifest.json").decode()
+    for path in Path(cluster.dir).rglob("*"):
+        if path.is_file():
+            kept[str(path)] = path.read_bytes().decode(errors="replace")
+    leaks = [(name, where) for name, value in secrets.items() for where, text in kept.items() if value in text]
+    assert leaks == []
+    assert sum(critic.requests.values()) > 0 and len(kept) > 10  # the key worked; the search saw the files
