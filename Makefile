@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: demo test test-slow bench experiment lint clean
+.PHONY: demo test test-slow bench experiment experiment-success lint clean
 
 $(VENV_STAMP): pyproject.toml
 	python3 -m venv .venv
@@ -37,6 +37,12 @@ test-slow: $(VENV_STAMP)
 # Overrides: make experiment EXPERIMENT_ARGS="seeds=[0,1,2] trained_tokens=60000"
 experiment: $(VENV_STAMP)
 	$(PY) -m pipeline.experiment.run out=runs/experiment $(EXPERIMENT_ARGS)
+
+# The paper's table as task success (docs/experiment.md, "Task success"): 3 seeds x the six rows,
+# 100 held-out tasks per (seed, recipe), greedy and 4 samples per task at T=1, no threshold sweep.
+experiment-success: $(VENV_STAMP)
+	$(PY) -m pipeline.experiment.run out=runs/experiment-success closed_loop_tasks=100 closed_loop_samples=4 \
+		sweep_thresholds=[] $(EXPERIMENT_ARGS)
 
 bench: $(VENV_STAMP)
 	$(PY) -m bench.run_all

@@ -38,6 +38,10 @@ import torch
 from pipeline.experiment import generate as gen
 from pipeline.experiment.env import TOOLS, Env, Task
 
+# Tokens one generated turn may take. The longest action, the fix's str_replace call, is 72 tokens
+# of the student's vocabulary; the earlier cap of 64 cut every fix off before `</tool_call>`, so no
+# closed-loop run could ever edit a file (tests/experiment/test_student.py checks the fit).
+MAX_ACTION_TOKENS = 128
 TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
 
 
@@ -118,12 +122,12 @@ class Student:
         return out if branch_from is None else (out, preference, before)
 
     # -- acting ---------------------------------------------------------------------------------
-    def greedy(self, contexts: list[list[dict]], max_new_tokens: int = 64, batch: int = 64) -> list[dict | None]:
+    def greedy(self, contexts: list[list[dict]], max_new_tokens: int = MAX_ACTION_TOKENS, batch: int = 64) -> list[dict | None]:
         """The greedy next action for each context (None when it does not parse as one tool call)."""
         return self.act(contexts, temperature=0.0, max_new_tokens=max_new_tokens, batch=batch)
 
     @torch.no_grad()
-    def act(self, contexts: list[list[dict]], temperature: float = 0.0, max_new_tokens: int = 64,
+    def act(self, contexts: list[list[dict]], temperature: float = 0.0, max_new_tokens: int = MAX_ACTION_TOKENS,
             batch: int = 64) -> list[dict | None]:
         """The next action for each context, greedy (temperature 0) or sampled from the full
         distribution at `temperature` (no top-k / top-p cut: transformers' default top_k=50 would

@@ -51,3 +51,22 @@ def test_tokenizer_and_student_are_deterministic(tokenizers, tmp_path):
     config = json.loads((a / "config.json").read_text())
     assert config["vocab_size"] >= len(small) and config["vocab_size"] % 64 == 0
     assert AutoTokenizer.from_pretrained(a).get_vocab() == small.get_vocab()
+
+
+def test_every_action_of_a_run_fits_one_generated_turn(tokenizers):
+    """The closed loop generates at most evaluate.MAX_ACTION_TOKENS per turn: every action of every
+    run kind (the fix and the test edit are the longest) must fit, through its end of turn, or the
+    loop can never take it (a cap of 64 cut every fix off)."""
+    from pipeline.experiment import evaluate as ev
+
+    small, _, _ = tokenizers
+    student = ev.Student(None, small, TOOLS)
+    longest = 0
+    for run in gen.generate(make_tasks(7000, 60, "loop0"), gen.Mix(), 7000):
+        messages = run.row["messages"]
+        for k, m in enumerate(messages):
+            if m["role"] == "assistant":
+                call = m["tool_calls"][0]["function"]
+                seq, start = student._turn(messages[:k], {"name": call["name"], "arguments": json.loads(call["arguments"])})
+                longest = max(longest, len(seq) - start)
+    assert 64 < longest <= ev.MAX_ACTION_TOKENS
