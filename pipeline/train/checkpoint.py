@@ -1,18 +1,5 @@
-"""Training state on disk: run identity and run folders, DCP sharded checkpoints (resume), and
-the final HF safetensors export.
-
-Run identity. A run is what one (data, model, training config) trains; its identity is
-
-    sha256(data files, model files, the config fields that change what is trained)
-
-where files count by (path relative to the input, size, modification time): rewriting an input,
-even with the same bytes, makes new data. Fields that only change logging, checkpointing, export
-or speed are left out (`pipeline.train.config.NOT_IN_IDENTITY`). Checkpoints live in run folders
-
-    <checkpoint_storage>/<run_name>-<identity[:16]>-<start time>/checkpoint-stepNNNNNNN/
-
-so runs of different identities never share a folder, and `resume=auto` finds the newest run
-folder of the same identity (its checkpoints' train_state.json must carry the full identity).
+"""Training state on disk: DCP sharded checkpoints (resume) and the final HF safetensors export.
+Run identity, run folders and which checkpoint a run resumes from: `pipeline.train.resume`.
 
 A checkpoint folder holds
   .metadata, __<rank>_0.distcp   DCP: model + optimizer state, each rank writing only its shards
@@ -24,13 +11,9 @@ them into one folder under RunConfig(storage_path) (local or s3://).
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
-import posixpath
 import random
-import re
 import shutil
 import tempfile
 
@@ -43,114 +26,17 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from pipeline import io
+from pipeline.train.model import hf_state_keys
 
 STATE_FILE = "train_state.json"
 # Non-weight files of a HF model folder that the export carries over (tokenizer, chat template).
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".safetensors.index.json", ".bin.index.json")
 
 
-# --------------------------------------------------------------------------------------------
-# Run identity and run folders
-# --------------------------------------------------------------------------------------------
-
-def files_fingerprint(uri: str, suffixes: tuple[str, ...] | None = None) -> str:
-    """sha256 over (relative path, size, mtime) of the files under `uri` (through
-    `io.list_files`, which follows commit records); `suffixes=None` takes every file."""
-    if suffixes is None:
-        files = _all_files(uri)
-    else:
-        files = io.list_files(uri, suffixes)
-    fs, root = io.filesystem(uri)
-    h = hashlib.sha256()
-    for f in sorted(files):
-        info = fs.get_file_info(io.filesystem(f)[1])
-        rel = posixpath.relpath(info.path, root) if info.path != root else posixpath.basename(root)
-        h.update(f"{rel}\t{info.size}\t{info.mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def _all_files(uri: str) -> list[str]:
-    fs, path = io.filesystem(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.File:
-        return [uri]
-    if info.type == pafs.FileType.NotFound:
-        return []
-    return [io.display(fs, f.path) if "://" in uri else f.path
-            for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-            if f.type == pafs.FileType.File and not posixpath.basename(f.path).startswith(".")]
-
-
-def identity_config(cfg) -> dict:
-    """The config fields that change what a run trains (param_dtype resolved for the device)."""
-    from pipeline.train.config import NOT_IN_IDENTITY
-
-    plain = dataclasses.asdict(cfg)
-    out = {k: v for k, v in plain.items() if k not in NOT_IN_IDENTITY[""] and not isinstance(v, dict)}
-    for section in ("train", "scaling"):
-        out[section] = {k: v for k, v in plain[section].items() if k not in NOT_IN_IDENTITY[section]}
-    out["train"]["param_dtype"] = resolved_param_dtype(cfg.train.param_dtype, cfg.scaling.use_gpu)
-    return out
-
-
 def resolved_param_dtype(name: str, on_gpu: bool) -> str:
     if name != "auto":
         return {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(name, name)
     return "bfloat16" if on_gpu else "float32"
-
-
-def run_identity(cfg) -> dict:
-    """{"identity": hex, "data": hex, "model": hex, "config": hex} of a TrainConfig."""
-    parts = {
-        "data": files_fingerprint(cfg.data, (".parquet",)),
-        "model": files_fingerprint(cfg.model),
-        "config": hashlib.sha256(json.dumps(identity_config(cfg), sort_keys=True).encode()).hexdigest(),
-    }
-    whole = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-    return {"identity": whole, **parts}
-
-
-def run_folder_name(run_name: str, identity: str, run_id: str) -> str:
-    return f"{run_name}-{identity[:16]}-{run_id}"
-
-
-_RUN_FOLDER = re.compile(r"^.+-(?P<id>[0-9a-f]{16})-(?P<started>\d{8}T\d{6}-[0-9a-f]{6})$")
-_CHECKPOINT = re.compile(r"^checkpoint-step(\d+)$")
-
-
-def checkpoints(run_uri: str) -> list[tuple[int, str]]:
-    """(step, URI) of the checkpoints in a run folder that have their train_state.json, by step."""
-    fs, path = io.filesystem(run_uri)
-    found = []
-    for f in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
-        m = _CHECKPOINT.match(posixpath.basename(f.path))
-        if f.type == pafs.FileType.Directory and m and \
-                fs.get_file_info(posixpath.join(f.path, STATE_FILE)).type == pafs.FileType.File:
-            found.append((int(m.group(1)), io.join(run_uri, posixpath.basename(f.path))))
-    return sorted(found)
-
-
-def checkpoint_identity(checkpoint_uri: str) -> dict | None:
-    """The identity recorded in a checkpoint's train_state.json (None for older checkpoints)."""
-    state = json.loads(io.read_bytes(io.join(checkpoint_uri, STATE_FILE)))
-    return state.get("identity")
-
-
-def find_run(storage_uri: str, identity: str) -> tuple[str, str, int] | None:
-    """The newest run folder under `storage_uri` of this identity that holds a checkpoint:
-    (run folder name, its latest checkpoint URI, that checkpoint's step), or None."""
-    fs, path = io.filesystem(storage_uri)
-    candidates = []
-    for f in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
-        m = _RUN_FOLDER.match(posixpath.basename(f.path))
-        if f.type == pafs.FileType.Directory and m and identity.startswith(m.group("id")):
-            candidates.append((m.group("started"), posixpath.basename(f.path)))
-    for _, name in sorted(candidates, reverse=True):
-        found = checkpoints(io.join(storage_uri, name))
-        if found and (checkpoint_identity(found[-1][1]) or {}).get("identity") == identity:
-            step, uri = found[-1]
-            return name, uri, step
-    return None
 
 
 def local_copy(checkpoint_uri: str) -> str:
@@ -224,8 +110,6 @@ def export_hf(lm: nn.Module, source_dir: str, output_uri: str, dtype: torch.dtyp
     shard buffer. Rank 0 writes a staging folder, then publishes it. Returns the URI on rank 0."""
     from safetensors.torch import save_file
     from torch.distributed.tensor import DTensor
-
-    from pipeline.train.model import hf_state_keys
 
     rank = _rank()
     local = tempfile.mkdtemp(prefix="srft-export-") if rank == 0 else None

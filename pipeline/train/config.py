@@ -8,7 +8,7 @@ master weights, optimizer state and gradient reduction; on CPU it is fp32 (`para
 CPUs without bf16 matrix units run bf16 slower than fp32, and CPU runs (tests, demos) compare
 losses exactly. The demo's toy settings live in conf/pipeline.yaml only.
 
-A run's *identity* (`pipeline.train.checkpoint.run_identity`) is a hash of its data, its model and the fields
+A run's *identity* (`pipeline.train.resume.run_identity`) is a hash of its data, its model and the fields
 below that change what is trained; the fields marked "not in the identity" only change how the
 run is logged, checkpointed or exported.
 """

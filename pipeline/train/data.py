@@ -20,6 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline import io
+from pipeline.schema import TRAINING_ROW, check_version
+
 IGNORE = -100
 COLUMNS = ["input_ids", "loss_mask", "position_ids", "cu_seqlens", "traj_ids", "num_tokens"]
 
@@ -170,9 +173,6 @@ def local_source(uri: str, rank: int, world_size: int, seq_len: int, micro_batch
     """Without Ray (torchrun): read the rows with pyarrow, keep the `side` ("train": not held
     out, "eval": held out, "all"), split them equally and deterministically (row i -> rank
     i % world, remainder dropped). Returns (source, total rows)."""
-    from pipeline import io
-    from pipeline.schema import TRAINING_ROW, check_version
-
     table = io.read_table(uri, TRAINING_ROW)
     check_version(table.schema, uri)
     if side != "all":

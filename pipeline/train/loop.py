@@ -1,5 +1,5 @@
-"""The training loop: plain torch.distributed, driven by Ray Train (`ray_train_loop`) or torchrun
-(`python -m pipeline.train.loop data=... model=... output=...` under torchrun).
+"""The training loop of one rank: plain torch.distributed, driven by Ray Train
+(`pipeline.train.stage.ray_train_loop`) or torchrun (`pipeline.train.torchrun`).
 
 Loss normalisation (verl and TRL both shipped bugs here). For one optimizer step, over data-
 parallel ranks r, gradient-accumulation micro-batches m and token positions t:
@@ -23,14 +23,16 @@ import logging
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 
 from pipeline import io
+from pipeline.config import redacted
+from pipeline.progress import Progress
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import MicroBatch, Source, doc_attention_flops, total_steps
@@ -134,67 +136,13 @@ def train_step(model: CausalLMLoss, optimizer, scheduler, micro_batches: list[Mi
 
 
 class Reporter:
-    """Where metrics and checkpoints go: Ray Train (`RayReporter`) or a local folder (torchrun)."""
+    """Where metrics and checkpoints go: Ray Train (`stage.RayReporter`) or a local folder
+    (`torchrun.LocalReporter`)."""
 
     def latest_checkpoint(self):  # (context manager yielding a local dir, its URI) or None
         ...
 
     def report(self, metrics: dict, model=None, optimizer=None, train_state=None, step: int = 0) -> None: ...
-
-
-def _present(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if v is not None}
-
-
-class RayReporter(Reporter):
-    def latest_checkpoint(self):
-        import ray.train
-
-        c = ray.train.get_checkpoint()
-        return None if c is None else (c.as_directory(), c.path)
-
-    def report(self, metrics, model=None, optimizer=None, train_state=None, step=0):
-        import ray.train
-
-        if model is None:
-            ray.train.report(_present(metrics))
-            return
-        directory = ckpt.save(ckpt.new_local_dir(), model, optimizer, train_state)
-        ray.train.report(
-            _present(metrics),
-            checkpoint=ray.train.Checkpoint.from_directory(directory),
-            checkpoint_dir_name=f"checkpoint-step{step:07d}",
-            delete_local_checkpoint_after_upload=True,
-        )
-
-
-class LocalReporter(Reporter):
-    """torchrun: checkpoints under a local (shared) run folder, metrics printed by rank 0."""
-
-    def __init__(self, root: str, rank: int):
-        self.root, self.rank = root, rank
-
-    def latest_checkpoint(self):
-        import contextlib
-
-        if not os.path.isdir(self.root):
-            return None
-        done = sorted(d for d in os.listdir(self.root) if os.path.exists(os.path.join(self.root, d, ".complete")))
-        if not done:
-            return None
-        path = os.path.join(self.root, done[-1])
-        return contextlib.nullcontext(path), path
-
-    def report(self, metrics, model=None, optimizer=None, train_state=None, step=0):
-        if self.rank == 0:
-            print(json.dumps(metrics), flush=True)
-        if model is not None:
-            d = os.path.join(self.root, f"checkpoint-step{step:07d}")
-            ckpt.save(d, model, optimizer, train_state)
-            if dist.is_initialized():
-                dist.barrier()
-            if self.rank == 0:
-                open(os.path.join(d, ".complete"), "w").close()
 
 
 def evaluate(model: CausalLMLoss, batches, ctx: Dist) -> tuple[float, float]:
@@ -237,11 +185,7 @@ def run(cfg: TrainConfig, source: Source, total_rows: int, reporter: Reporter, c
 
     A checkpoint of this run (after a worker-group restart, or a run resumed by name) wins over
     `resume_from`, which is read only when the run has none yet."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from transformers import AutoConfig
-
-    from pipeline.config import redacted
-    from pipeline.progress import Progress
+    from transformers import AutoConfig  # transformers takes seconds to import: only where a model is built
 
     t = cfg.train
     ctx = ctx or dist_context()
@@ -380,71 +324,3 @@ def run(cfg: TrainConfig, source: Source, total_rows: int, reporter: Reporter, c
         io.write_bytes(metrics_uri, "".join(json.dumps(h) + "\n" for h in history).encode())
         io.write_bytes(io.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2).encode())
     return summary
-
-
-def ray_train_loop(loop_config: dict) -> None:
-    """`train_loop_per_worker` of the TorchTrainer (pipeline/train/stage.py)."""
-    import ray.train.torch
-    from omegaconf import OmegaConf
-
-    from pipeline.train.data import ray_source
-
-    cfg: TrainConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), loop_config["cfg"]))
-    logging.basicConfig(level=logging.INFO)
-    t = cfg.train
-    ctx = dist_context(ray.train.torch.get_device())
-    source = ray_source(t.seq_len, t.micro_batch_size, t.shuffle, t.shuffle_buffer_rows, t.seed)
-    eval_source = None
-    if loop_config.get("eval_rows"):
-        batches = ray_source(t.seq_len, t.micro_batch_size, False, 0, t.seed, name="eval", drop_last=False)
-        eval_source = lambda: batches(0, 0)
-    run(cfg, source, loop_config["total_rows"], RayReporter(), ctx, loop_config["run_id"],
-        identity=loop_config.get("identity"), run_name=loop_config.get("run_name", "train"),
-        resume_from=loop_config.get("resume_from"), eval_source=eval_source,
-        eval_rows=loop_config.get("eval_rows", 0))
-
-
-def torchrun_main(argv: list[str]) -> dict:
-    """Under torchrun, no Ray: rows read with pyarrow, checkpoints in a run folder under
-    <checkpoint_storage or output/_checkpoints> (a filesystem every rank sees), the same
-    identity and resume rules as the Ray stage (decided on rank 0, broadcast)."""
-    from pipeline.config import load_config
-    from pipeline.runtime import new_run_id
-    from pipeline.train.data import local_source
-
-    cfg = load_config(TrainConfig, "train", argv)
-    cfg.validate()
-    if "RANK" in os.environ and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    ctx = dist_context()
-    t = cfg.train
-    storage = cfg.checkpoint_storage or io.join(cfg.output, "_checkpoints")
-    plan = [None]
-    if ctx.rank == 0:
-        from pipeline.train.stage import plan_resume
-
-        identity = ckpt.run_identity(cfg)
-        plan = [{"identity": identity, **plan_resume(cfg, storage, identity)}]
-    if dist.is_initialized():
-        dist.broadcast_object_list(plan, src=0)
-    plan = plan[0]
-    source, total_rows = local_source(cfg.data, ctx.rank, ctx.world, t.seq_len, t.micro_batch_size, t.shuffle,
-                                      t.seed, eval_fraction=t.eval_fraction, side="train")
-    eval_source, eval_rows = None, 0
-    if t.eval_fraction > 0 or cfg.eval_data:
-        batches, eval_rows = local_source(cfg.eval_data or cfg.data, ctx.rank, ctx.world, t.seq_len,
-                                          t.micro_batch_size, False, t.seed, eval_fraction=t.eval_fraction,
-                                          side="eval" if t.eval_fraction > 0 else "all", drop_last=False)
-        eval_source = lambda: batches(0, 0)
-    root = os.path.join(storage, plan["run_name"])
-    try:
-        return run(cfg, source, total_rows, LocalReporter(root, ctx.rank), ctx, new_run_id(),
-                   identity=plan["identity"], run_name=plan["run_name"], resume_from=plan.get("resume_from"),
-                   eval_source=eval_source, eval_rows=eval_rows)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    torchrun_main(sys.argv[1:])

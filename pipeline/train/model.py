@@ -14,15 +14,18 @@ Build order (no rank ever materialises the full model):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 
+import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pipeline import io
 from pipeline.train import attention
 from pipeline.train.data import IGNORE, MicroBatch
 
@@ -296,14 +299,8 @@ def num_params(config) -> dict[str, float]:
 def local_model_path(uri: str) -> str:
     """A local folder for the model: a local path as-is, an s3:// folder downloaded once per
     node (by local rank 0, the other ranks wait)."""
-    from pipeline import io
-
     if "://" not in uri or uri.startswith("file://"):
         return uri.removeprefix("file://")
-    import hashlib
-
-    import pyarrow.fs as pafs
-
     dest = os.path.join(os.path.expanduser("~/.cache/srft/models"), hashlib.sha1(uri.encode()).hexdigest()[:16])
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and not os.path.exists(os.path.join(dest, ".complete")):
         fs, path = io.filesystem(uri)

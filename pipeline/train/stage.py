@@ -5,28 +5,24 @@
 Outputs under `output`: hf/ (HF safetensors export with config + tokenizer), metrics.jsonl (one
 line per step), _summary.json, and the DCP checkpoints of the Ray Train run under
 `checkpoint_storage` (default <output>/_checkpoints/<run folder>/checkpoint-step*/).
-The loop itself is `pipeline.train.loop` and also runs under torchrun without Ray.
+The loop itself is `pipeline.train.loop` and also runs under torchrun without Ray
+(`pipeline.train.torchrun`).
 
-Which run this is (`plan_resume`). The run's identity (`checkpoint.run_identity`: data, model,
-the config fields that change training) names its folder `<run_name>-<identity[:16]>-<start>`.
-resume=auto takes the newest folder of the same identity that holds a checkpoint and runs under
-that name, so Ray Train resumes it from its latest checkpoint; with none, a new folder is started
-and the folders of other identities (other data, model or config) are left as they are. never
-always starts a new folder; must fails unless there is one to resume. resume_from=URI starts a new
-folder whose first attempt loads that checkpoint (the summary says whether its identity differs,
-and in what). A fresh run name per start is what stops Ray Train from resuming a same-named run
-of other data.
+Which run this is (which run folder, resumed from which checkpoint) is `pipeline.train.resume`;
+the loop of each rank is `pipeline.train.loop`, started here by `ray_train_loop` on every worker.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import posixpath
+import logging
 
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
+import ray.train
+import ray.train.torch
+from omegaconf import OmegaConf
 
 from pipeline import io
 from pipeline.commit import Output
@@ -36,9 +32,10 @@ from pipeline.manifest import Stage, run_direct
 from pipeline.runtime import init_ray, new_run_id, verbose
 from pipeline.schema import TRAINING_ROW
 from pipeline.train import checkpoint as ckpt
-from pipeline.train import tracking
+from pipeline.train import loop, tracking
 from pipeline.train.config import TrainConfig
-from pipeline.train.data import COLUMNS, held_out, total_steps
+from pipeline.train.data import COLUMNS, held_out, ray_source, total_steps
+from pipeline.train.resume import plan_resume, run_identity
 
 
 def read_rows(uri: str) -> ray.data.Dataset:
@@ -57,42 +54,6 @@ def storage(cfg: TrainConfig) -> tuple[str, object]:
     fs, path = io.filesystem(uri)
     fs.create_dir(path, recursive=True)
     return path, fs
-
-
-def plan_resume(cfg: TrainConfig, storage_uri: str, identity: dict) -> dict:
-    """Decide the run folder and what it starts from (see the module docstring). The returned
-    dict goes into the summary and the manifest as `resume`."""
-    ident = identity["identity"]
-    fresh = ckpt.run_folder_name(cfg.run_name, ident, new_run_id())
-    plan = {"mode": cfg.resume, "identity": ident, "run_name": fresh, "resumed": False, "from": None,
-            "from_step": None}
-    if cfg.resume_from:
-        uri = io.absolute(cfg.resume_from)
-        if not io.exists(io.join(uri, ckpt.STATE_FILE)):
-            raise UserError(f"resume_from={cfg.resume_from}: no checkpoint there (no {ckpt.STATE_FILE}); "
-                            "point it at a checkpoint-stepNNNNNNN folder")
-        state = json.loads(io.read_bytes(io.join(uri, ckpt.STATE_FILE)))
-        theirs = state.get("identity") or {}
-        differs = [k for k in ("data", "model", "config") if theirs.get(k) != identity[k]]
-        plan.update(mode="resume_from", resumed=True, resume_from=uri, **{"from": uri},
-                    from_step=state.get("step"), identity_matches=not differs, identity_differs_in=differs)
-        return plan
-    if cfg.resume in ("auto", "must"):
-        found = ckpt.find_run(storage_uri, ident)
-        if found is not None:
-            name, uri, step = found
-            plan.update(run_name=name, resumed=True, from_step=step, identity_matches=True, **{"from": uri})
-            return plan
-        if cfg.resume == "must":
-            raise UserError(f"resume=must: no run of this identity ({ident[:16]}: same data, model and training "
-                            f"config) with a checkpoint under {storage_uri}; use resume=auto to start one")
-    # Not resumed: say which runs of other identities were left alone.
-    fs, path = io.filesystem(storage_uri)
-    others = sorted(posixpath.basename(f.path) for f in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-                    if f.type == pafs.FileType.Directory and ident[:16] not in posixpath.basename(f.path)
-                    and ckpt.checkpoints(io.join(storage_uri, posixpath.basename(f.path))))
-    plan["other_runs_not_resumed"] = others[-10:]
-    return plan
 
 
 def eval_rows(cfg: TrainConfig, ds: ray.data.Dataset) -> tuple[ray.data.Dataset, ray.data.Dataset | None, int]:
@@ -122,9 +83,6 @@ def eval_rows(cfg: TrainConfig, ds: ray.data.Dataset) -> tuple[ray.data.Dataset,
 def run(cfg: TrainConfig, out: Output | None = None) -> dict:
     if out is None:  # called directly: open, run and commit as the command does
         return run_direct(STAGE, cfg)
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     # Train workers do not run in this working directory.
     # Workers write metrics, the export and _summary.json into this run's version folder (out.uri,
     # absolute; run_stage commits it). Checkpoints live beside the versions, across runs.
@@ -137,7 +95,7 @@ def run(cfg: TrainConfig, out: Output | None = None) -> dict:
     tracking.check(cfg, cfg.checkpoint_storage)
     cfg = dataclasses.replace(cfg, tracking_uri=tracking.default_uri(cfg, cfg.checkpoint_storage))
     run_id = new_run_id()
-    identity = ckpt.run_identity(cfg)  # fails at once on a missing input
+    identity = run_identity(cfg)  # fails at once on a missing input
     storage_path, storage_fs = storage(cfg)
     plan = plan_resume(cfg, cfg.checkpoint_storage, identity)
     init_ray()
@@ -154,12 +112,12 @@ def run(cfg: TrainConfig, out: Output | None = None) -> dict:
         resources["GPU"] = s.gpus_per_worker
     exec_options = ray.train.DataConfig.default_ingest_options()
     exec_options.preserve_order = True  # deterministic split: resume skips exactly what was trained
-    trainer = TorchTrainer(
-        train_loop_per_worker=_loop,
+    trainer = ray.train.torch.TorchTrainer(
+        train_loop_per_worker=ray_train_loop,
         train_loop_config={"cfg": dataclasses.asdict(cfg), "total_rows": total_rows, "run_id": run_id,
                            "identity": identity, "run_name": plan["run_name"],
                            "resume_from": plan.get("resume_from"), "eval_rows": n_eval},
-        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        torch_config=ray.train.torch.TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources
         ),
@@ -189,10 +147,50 @@ def run(cfg: TrainConfig, out: Output | None = None) -> dict:
     return summary
 
 
-def _loop(loop_config: dict) -> None:
-    from pipeline.train.loop import ray_train_loop
+# --------------------------------------------------------------------------------------------
+# On every Ray Train worker
+# --------------------------------------------------------------------------------------------
 
-    ray_train_loop(loop_config)
+def ray_train_loop(loop_config: dict) -> None:
+    """`train_loop_per_worker` of the TorchTrainer: this worker's rank of `loop.run`."""
+    cfg: TrainConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), loop_config["cfg"]))
+    logging.basicConfig(level=logging.INFO)
+    t = cfg.train
+    ctx = loop.dist_context(ray.train.torch.get_device())
+    source = ray_source(t.seq_len, t.micro_batch_size, t.shuffle, t.shuffle_buffer_rows, t.seed)
+    eval_source = None
+    if loop_config.get("eval_rows"):
+        batches = ray_source(t.seq_len, t.micro_batch_size, False, 0, t.seed, name="eval", drop_last=False)
+        eval_source = lambda: batches(0, 0)
+    loop.run(cfg, source, loop_config["total_rows"], RayReporter(), ctx, loop_config["run_id"],
+             identity=loop_config.get("identity"), run_name=loop_config.get("run_name", "train"),
+             resume_from=loop_config.get("resume_from"), eval_source=eval_source,
+             eval_rows=loop_config.get("eval_rows", 0))
+
+
+def _present(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if v is not None}
+
+
+class RayReporter(loop.Reporter):
+    """Metrics to `ray.train.report`; each rank's checkpoint shards into a local folder that Ray
+    Train uploads and merges into one checkpoint under RunConfig(storage_path)."""
+
+    def latest_checkpoint(self):
+        c = ray.train.get_checkpoint()
+        return None if c is None else (c.as_directory(), c.path)
+
+    def report(self, metrics, model=None, optimizer=None, train_state=None, step=0):
+        if model is None:
+            ray.train.report(_present(metrics))
+            return
+        directory = ckpt.save(ckpt.new_local_dir(), model, optimizer, train_state)
+        ray.train.report(
+            _present(metrics),
+            checkpoint=ray.train.Checkpoint.from_directory(directory),
+            checkpoint_dir_name=f"checkpoint-step{step:07d}",
+            delete_local_checkpoint_after_upload=True,
+        )
 
 
 def inputs(cfg: TrainConfig) -> dict[str, str | None]:

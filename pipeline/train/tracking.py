@@ -30,6 +30,8 @@ import shutil
 import tempfile
 from urllib.parse import urlparse
 
+import pyarrow.fs as pafs
+
 from pipeline import io
 from pipeline.errors import UserError
 
@@ -150,8 +152,6 @@ class TensorboardTracker(Tracker):
     def sync(self) -> None:
         self.writer.flush()
         if self.remote:
-            import pyarrow.fs as pafs
-
             fs, path = io.filesystem(self.remote)
             fs.create_dir(path, recursive=True)
             pafs.copy_files(self.local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

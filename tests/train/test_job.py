@@ -21,10 +21,9 @@ import torch
 
 from pipeline import io
 from pipeline.errors import UserError
-from pipeline.train import checkpoint as ckpt
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import held_out
-from pipeline.train.stage import plan_resume
+from pipeline.train.resume import plan_resume, run_identity
 from tests.conftest import make_bucket
 from tests.train.helpers import make_rows, write_rows
 
@@ -158,7 +157,7 @@ def _config(summary: dict) -> TrainConfig:
 
 
 def _identity(summary: dict) -> dict:
-    identity = ckpt.run_identity(_config(summary))
+    identity = run_identity(_config(summary))
     assert identity == summary["identity_parts"]  # the same inputs and config: the same identity
     return identity
 

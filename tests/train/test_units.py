@@ -17,6 +17,7 @@ from pipeline.train.data import collate, held_out
 from pipeline.train.loop import lr_lambda
 from pipeline.train.metrics import peak_flops
 from pipeline.train.model import packed_logits
+from pipeline.train.resume import run_identity
 from tests.train.helpers import make_rows, write_rows
 
 
@@ -125,23 +126,23 @@ def test_validate_names_the_key(change, key):
 def test_identity_covers_data_model_and_training_config_only(tmp_path, small_qwen2_path):
     data = write_rows(tmp_path / "a", make_rows(4, seed=1))
     cfg = TrainConfig(data=data, model=str(small_qwen2_path), output=str(tmp_path / "out"))
-    base = ckpt.run_identity(cfg)
-    assert ckpt.run_identity(cfg) == base
+    base = run_identity(cfg)
+    assert run_identity(cfg) == base
     # Logging, output, checkpointing and speed knobs keep the identity.
     same = dataclasses.replace(cfg, output="/elsewhere", tracking="mlflow", run_name="other",
                                train=dataclasses.replace(cfg.train, log_every_steps=5, checkpoint_every_steps=7,
                                                          activation_checkpointing=False, export_dtype="float32"))
-    assert ckpt.run_identity(same)["identity"] == base["identity"]
+    assert run_identity(same)["identity"] == base["identity"]
     # What is trained changes it: the config ...
     lr = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1e-4))
-    assert ckpt.run_identity(lr)["config"] != base["config"]
+    assert run_identity(lr)["config"] != base["config"]
     gpu = dataclasses.replace(cfg, scaling=dataclasses.replace(cfg.scaling, use_gpu=True))  # auto -> bf16
-    assert ckpt.run_identity(gpu)["identity"] != base["identity"]
+    assert run_identity(gpu)["identity"] != base["identity"]
     # ... and the data: other rows, or the same file rewritten.
     other = dataclasses.replace(cfg, data=write_rows(tmp_path / "b", make_rows(4, seed=2)))
-    assert ckpt.run_identity(other)["data"] != base["data"]
+    assert run_identity(other)["data"] != base["data"]
     f = os.path.join(data, "part-000.parquet")
     later = time.time() + 5
     os.utime(f, (later, later))
-    assert ckpt.run_identity(cfg)["data"] != base["data"]
-    assert ckpt.run_identity(cfg)["model"] == base["model"]
+    assert run_identity(cfg)["data"] != base["data"]
+    assert run_identity(cfg)["model"] == base["model"]
