@@ -65,7 +65,8 @@ def main(argv: list[str]) -> dict:
     plan = [None]
     if ctx.rank == 0:
         identity = run_identity(cfg)
-        plan = [{"identity": identity, **plan_resume(cfg, storage, identity)}]
+        # plan_resume's "identity" is the hex digest; the loop takes the whole identity (its parts).
+        plan = [{**plan_resume(cfg, storage, identity), "identity": identity}]
     if dist.is_initialized():
         dist.broadcast_object_list(plan, src=0)
     plan = plan[0]
