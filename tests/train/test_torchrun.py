@@ -28,7 +28,8 @@ def _free_port() -> int:
 def _torchrun(argv: list[str]) -> dict:
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     cmd = [torchrun, "--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "pipeline.train.torchrun", *argv]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     output = next(a.split("=", 1)[1] for a in argv if a.startswith("output="))
     with open(os.path.join(output, "_summary.json")) as f:
