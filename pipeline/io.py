@@ -77,12 +77,12 @@ def exists_physical(uri: str) -> bool:
 def exists(uri: str) -> bool:
     """Whether `uri` exists, following commit records: ``<output>/_errors`` exists when the
     committed version holds it (see pipeline.commit)."""
-    if exists_physical(uri):
-        return True
     from pipeline import commit
 
     loc = commit.locate(uri)
-    return loc is not None and bool(loc.commit.uris(loc.rel))
+    if loc is not None and loc.rel:  # a logical path inside a committed output: what its record says
+        return bool(loc.commit.uris(loc.rel))  # (a side table's folder exists before it holds rows)
+    return exists_physical(uri) or (loc is not None and bool(loc.commit.uris(loc.rel)))
 
 
 # Why a file under a listed folder was not returned (summaries count these).

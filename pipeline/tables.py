@@ -99,7 +99,7 @@ def referenced(uri: str) -> set[str]:
     root = location(uri).rstrip("/")
     out = set()
     for f in open_table(uri).file_uris():
-        f = f[len("file://"):] if f.startswith("file://") else f
+        f = f.removeprefix("file://")
         out.add(f[len(root) + 1:] if f.startswith(root + "/") else f)
     return out
 

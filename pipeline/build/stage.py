@@ -44,7 +44,7 @@ from pipeline.commit import Output
 from pipeline.config import redacted
 from pipeline.manifest import Stage, run_direct
 from pipeline.progress import Progress
-from pipeline.runtime import init_ray, new_run_id
+from pipeline.runtime import init_ray
 from pipeline.schema import STEP_LABEL, TRAJECTORY, check_version
 
 
@@ -133,7 +133,7 @@ def run(cfg: BuildConfig, out: Output | None = None) -> dict:
     # rows (pipeline/build/sink.py). The cost is head-of-line waiting behind a slow batch, bounded
     # by Ray Data's backpressure.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    run_id = new_run_id()
+    run_id = out.run_id  # the version folder's run id (_v-build-<run_id>), as every stage names it
     index_ref, label_stats = [], {}
     if cfg.recipe in LABEL_RECIPES:
         index, label_stats = _label_index(cfg)

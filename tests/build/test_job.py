@@ -108,6 +108,8 @@ def test_build_rft_unpacked_and_drop(ray_session, inputs, builder, tmp_path):
     assert s["documents_out"] + s["exclusions"].get("overlong", 0) == len(resolved)
     assert s["documents_out"] >= 1 and s["exclusions"].get("overlong", 0) >= 1 and s["truncation"]["rows_dropped"] >= 1
     table = io.read_table(str(out), TRAINING_ROW)
+    record = json.loads((out / "_manifest.json").read_text())
+    assert s["run_id"] == record["run_id"] and record["commit"]["version"] == f"_v-build-{s['run_id']}"
     for row in table.to_pylist():
         assert row["cu_seqlens"] == [0, row["num_tokens"]] and len(row["traj_ids"]) == 1
         assert row["recipe"] == "rft" and row["num_masked_tokens"] == 0 and row["num_tokens"] <= 16000

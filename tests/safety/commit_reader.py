@@ -21,7 +21,7 @@ def read_delta(output: str) -> list[str]:
     for attempt in range(3):
         try:
             return tables.read(output)["doc_id"].to_pylist()
-        except Exception as e:  # noqa: BLE001 -- the snapshot's files were collected meanwhile: read again
+        except Exception as e:  # the snapshot's files were collected meanwhile: read again
             if attempt == 2 or "not found" not in str(e).lower():
                 raise
     raise AssertionError("unreachable")
