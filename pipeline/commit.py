@@ -777,7 +777,7 @@ class Output:
             for f in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
                 if f.type != pafs.FileType.File or ".tmp-" in posixpath.basename(f.path):
                     continue
-                rel = posixpath.relpath(f.path, path)
+                rel = f.path[len(path.rstrip("/")) + 1:]  # not posixpath.relpath: it needs a cwd for S3 keys
                 out[posixpath.join(prefix, rel) if prefix else rel] = f"{folder}/{rel}"
         return out
 
@@ -906,7 +906,7 @@ def commit_copy(stage: str, src: str, dest: str, inputs: dict[str, str | None], 
         _, dst_path = io.filesystem(side.uri)
         for f in fs.get_file_info(pafs.FileSelector(src_path, recursive=True, allow_not_found=True)):
             if f.type == pafs.FileType.File:
-                target = posixpath.join(dst_path, posixpath.relpath(f.path, src_path))
+                target = posixpath.join(dst_path, f.path[len(src_path.rstrip("/")) + 1:])
                 fs.create_dir(posixpath.dirname(target), recursive=True)
                 fs.copy_file(f.path, target)
         return side.commit(status, **fields)
