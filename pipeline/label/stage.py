@@ -260,6 +260,7 @@ def run(cfg: LabelConfig, out=None) -> dict:
         s = summarize(final=False)
         return {"rows_in": s["rows_in"], "rows_out": s["rows_out"], "summary": s}
 
+    aborted = None  # why the actor pool failed, if it did
     if selected:
         init_ray()
         fs, _ = io.filesystem(cfg.input)
@@ -288,7 +289,6 @@ def run(cfg: LabelConfig, out=None) -> dict:
             batch_format="pyarrow",
             **remote,
         )
-        aborted = None
         try:
             # The autoscaler is asked for the full pool while it runs (Ray Data alone does not grow it:
             # pipeline/label/autoscale.py); withdrawn when the batches end or fail.
@@ -330,7 +330,8 @@ def run(cfg: LabelConfig, out=None) -> dict:
     errored = summary["trajectories_errored"] + missing
     if selected and errored / len(selected) > cfg.max_error_fraction:
         top = ", ".join(f"{k} {v}" for k, v in Counter(summary["error_reasons"]).most_common(3))
-        reason = (f"{errored} of {len(selected)} selected trajectories errored ({top}), more than "
+        cause = f"; Ray stopped the run: {aborted[:300]}" if aborted else ""
+        reason = (f"{errored} of {len(selected)} selected trajectories errored ({top}{cause}), more than "
                   f"max_error_fraction={cfg.max_error_fraction}; labels and error rows are committed in "
                   f"{cfg.output} (see {ERRORS}); fix the cause and re-run (only the rest is labelled)")
         summary["failed"] = reason
