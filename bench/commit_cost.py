@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 
 import pyarrow as pa
@@ -57,24 +54,16 @@ def one_commit(root: str, files: int, delta: bool) -> float:
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            break
-        except Exception:  # noqa: BLE001 -- not up yet
-            time.sleep(0.2)
+    """The tests' moto server, the AWS environment pointed at it, and a fresh bucket."""
+    from tests.conftest import start_moto_server
+
+    proc, endpoint = start_moto_server()
     os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_REGION": "us-east-1"})
     import pyarrow.fs as pafs
 
     bucket = f"bench-{uuid.uuid4().hex[:8]}"
-    pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
+    pafs.S3FileSystem(endpoint_override=endpoint.removeprefix("http://"), scheme="http", region="us-east-1",
                       allow_bucket_creation=True).create_dir(bucket)
     return proc, f"s3://{bucket}"
 

@@ -32,10 +32,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def moto_s3():
-    """A real S3 endpoint on loopback. Sets the standard AWS environment for this process and
-    for Ray workers started after it (ray_session depends on this fixture for that reason)."""
+def start_moto_server() -> tuple[subprocess.Popen, str]:
+    """A moto S3 server on a free loopback port, once it answers; returns (process, endpoint URL)."""
     port = _free_port()
     proc = subprocess.Popen(
         [str(Path(os.sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
@@ -47,12 +45,19 @@ def moto_s3():
     while True:
         try:
             urllib.request.urlopen(endpoint, timeout=1)
-            break
+            return proc, endpoint
         except Exception:
             if time.time() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise RuntimeError("moto_server did not start")
+                raise RuntimeError("moto_server did not start") from None
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """A real S3 endpoint on loopback. Sets the standard AWS environment for this process and
+    for Ray workers started after it (ray_session depends on this fixture for that reason)."""
+    proc, endpoint = start_moto_server()
     env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",

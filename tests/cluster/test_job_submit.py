@@ -17,13 +17,12 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SAMPLE, _free_port
+from tests.conftest import REPO, SAMPLE, start_moto_server
 
 RAY = str(Path(sys.executable).parent / "ray")
 TOKENIZER = REPO / ".cache" / "models" / "qwen2.5-tokenizer"
@@ -39,27 +38,14 @@ def secrets() -> dict[str, str]:
 def s3(secrets, monkeypatch):
     """A moto S3 server with the sample uploaded; the AWS environment set in this process (the
     cluster started below inherits it, as from a user's shell)."""
-    port = _free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            break
-        except Exception:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("moto_server did not start")
-            time.sleep(0.2)
+    proc, endpoint = start_moto_server()
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "job-submit-test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secrets["AWS_SECRET_ACCESS_KEY"])
     import pyarrow.fs as pafs
 
-    fs = pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
+    fs = pafs.S3FileSystem(endpoint_override=endpoint.removeprefix("http://"), scheme="http", region="us-east-1",
                            access_key="job-submit-test", secret_key=secrets["AWS_SECRET_ACCESS_KEY"],
                            allow_bucket_creation=True)
     fs.create_dir("srft-jobs")
@@ -101,7 +87,8 @@ def _ray(c, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """The `ray` CLI as a user's shell runs it: this environment (credentials included) plus the
     cluster's token settings."""
     env = {**os.environ, **c.env()}
-    return subprocess.run([RAY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([RAY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
 
 
 def _submit(c, *entrypoint: str) -> subprocess.CompletedProcess:
