@@ -182,12 +182,14 @@ def _race_two_overwrites(table_uri: str) -> tuple[list, pa.Table]:
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_of_two_racing_commits_exactly_one_wins(where, tmp_path, request):
+def test_racing_commits_never_mix_two_writers(where, tmp_path, request):
     """delta-rs commits with put-if-absent (a no-replace rename locally, a conditional PUT on S3;
-    moto honours it): no lock service, and never two writers' rows mixed in one version."""
+    moto honours it): no lock service. Of two writers replacing a table at once, either one wins and
+    the other's commit fails, or they land one after the other (the second read the first's
+    version); either way each version holds one writer's rows, never both."""
     table_uri = str(tmp_path / "t") if where == "local" else f"{request.getfixturevalue('s3_bucket')}/t"
     outcomes, rows = _race_two_overwrites(table_uri)
     won = [n for o, n in outcomes if o == "won"]
-    assert len(won) == 1 and len(outcomes) == 2, outcomes
-    assert rows["writer"].to_pylist() == won * 3
-    assert tables.open_table(table_uri).version() == 2
+    assert len(outcomes) == 2 and won, outcomes
+    assert rows["writer"].to_pylist() in [[w] * 3 for w in won], rows["writer"].to_pylist()
+    assert tables.open_table(table_uri).version() == 1 + len(won)
