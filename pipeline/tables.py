@@ -94,11 +94,13 @@ def open_table(uri: str, version: int | None = None):
 def referenced(uri: str) -> set[str]:
     """Paths (relative to the table root) of the files of the table's latest version; empty if
     there is no table."""
-    if not is_table(uri):
-        return set()
+    return _relative_files(open_table(uri), uri) if is_table(uri) else set()
+
+
+def _relative_files(dt, uri: str) -> set[str]:
     root = location(uri).rstrip("/")
     out = set()
-    for f in open_table(uri).file_uris():
+    for f in dt.file_uris():
         f = f.removeprefix("file://")
         out.add(f[len(root) + 1:] if f.startswith(root + "/") else f)
     return out
@@ -116,7 +118,6 @@ def publish(table_uri: str, files: list[str], *, stage: str, run_id: str, status
     schema = pq.read_schema(posixpath.join(root, files[0]), filesystem=fs) if files else None
     loc, opts = location(table_uri), storage_options(table_uri)
     props = CommitProperties(custom_metadata={"srft.stage": stage, "srft.run_id": run_id, "srft.status": status})
-    current = referenced(table_uri)
     if not is_table(table_uri):
         if schema is None:
             raise ValueError(f"{table_uri}: no files to create a table from")
@@ -124,6 +125,7 @@ def publish(table_uri: str, files: list[str], *, stage: str, run_id: str, status
                           description=f"srft {stage} output; schema {_schema_version(schema)}",
                           commit_properties=CommitProperties(custom_metadata={"srft.stage": stage}))
     dt = DeltaTable(loc, storage_options=opts)
+    current = _relative_files(dt, table_uri)
     schema = schema if schema is not None else dt.schema().to_arrow()
     new = sorted(set(files) - current) if current <= set(files) else sorted(files)
     mode = "append" if current <= set(files) else "overwrite"
