@@ -78,7 +78,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Self
 from urllib.parse import urlparse
@@ -736,6 +736,10 @@ class Output:
     record: dict = field(default_factory=dict)  # fields every commit record of this run carries
     carried: dict[str, str] = field(default_factory=dict)
     committed: dict | None = None
+    # Which of the Parquet files found under this run's folders a commit may take ({logical} -> bool);
+    # None takes all. A stage whose workers write files sets it (label: only the files whose
+    # worker reports reached the driver, never one from a task whose answer was lost).
+    admit: Callable[[str], bool] | None = None
     created_root: bool = False  # the output folder did not exist before this run
 
     @property
@@ -778,7 +782,9 @@ class Output:
                 if f.type != pafs.FileType.File or ".tmp-" in posixpath.basename(f.path):
                     continue
                 rel = f.path[len(path.rstrip("/")) + 1:]  # not posixpath.relpath: it needs a cwd for S3 keys
-                out[posixpath.join(prefix, rel) if prefix else rel] = f"{folder}/{rel}"
+                logical = posixpath.join(prefix, rel) if prefix else rel
+                if self.admit is None or self.admit(logical):
+                    out[logical] = f"{folder}/{rel}"
         return out
 
     def publish_tables(self, files: dict[str, str], status: str) -> dict[str, int]:

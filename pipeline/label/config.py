@@ -193,7 +193,6 @@ class LabelConfig:
     errors: str | None = None  # default: <output>/_errors
     replace: bool = False  # true: drop what output holds and label everything again
     retry_errors: bool = True  # re-running retries trajectories that errored before
-    rows_per_shard: int = 20000  # step-label rows per output shard (whole trajectories per shard)
     limit: int | None = None  # label at most this many trajectories this run (smoke runs)
     # resolved=null trajectories: `unresolved` labels them like failed runs, `exclude` skips them
     # (counted as skipped_unknown_outcome). Must match build.unknown_outcome (pipeline/outcome.py).
@@ -213,7 +212,6 @@ class LabelConfig:
 
         if self.limit is not None and self.limit < 0:
             raise UserError(f"limit must be >= 0 or unset (got {self.limit})")
-        _positive(self.rows_per_shard, "rows_per_shard")
         _positive(self.commit_every_trajectories, "commit_every_trajectories")
         _positive(self.commit_every_s, "commit_every_s")
         if not 0.0 <= self.max_error_fraction <= 1.0:

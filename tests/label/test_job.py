@@ -51,7 +51,7 @@ def _seed_label(out: str, traj_id: str, steps: int, critic_model: str, prompt_ve
 def test_label_resume_and_eval(ray_session, tiny_qwen2_path, traj_input, tmp_path):
     out = str(tmp_path / "labels")
     # a random tiny model: its error share is not this test's subject
-    cfg = LabelConfig(input=traj_input, output=out, critic=tiny_critic(tiny_qwen2_path), rows_per_shard=5,
+    cfg = LabelConfig(input=traj_input, output=out, critic=tiny_critic(tiny_qwen2_path),
                       max_error_fraction=1.0)
     _seed_label(out, "u0", 2, label.critic_name(cfg))  # resume: u0 is already done
     s = label.run(cfg)

@@ -9,7 +9,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,10 @@ from pipeline import io
 from pipeline.commit import read_commit
 from pipeline.errors import StageFailed, UserError
 from pipeline.label import stage as label
-from pipeline.label.config import CriticConfig, LabelConfig, OpenAIConfig, PoolConfig
+from pipeline.label.config import CriticConfig, LabelConfig, OpenAIConfig
 from pipeline.schema import LABEL_ERROR, LABELS, STEP_LABEL, TRAJECTORY
 from tests.label.fake_critic import FakeCritic
-from tests.label.helpers import trajectory, write_trajectories
-
-KEY_ENV = "SRFT_LABEL_TEST_KEY"
+from tests.label.helpers import KEY_ENV, http_critic, trajectory, write_trajectories
 
 # trajectory-id prefix -> how it must end: labelled, or the error reason of its row
 EXPECTED = {
@@ -33,30 +30,6 @@ EXPECTED = {
     "bad_utf8": "bad_response", "huge_body": "bad_response", "drip": "deadline", "http500": "http_500",
     "http429_hour": "deadline", "echo_key": "http_502",
 }
-
-
-@pytest.fixture
-def key(monkeypatch) -> str:
-    value = f"sk-srft-test-{uuid.uuid4().hex}"
-    monkeypatch.setenv(KEY_ENV, value)
-    return value
-
-
-@pytest.fixture
-def critic_server(key):
-    server = FakeCritic(key=key, max_body_mb=1.0, drip_s=0.4).start()
-    yield server
-    server.stop()
-
-
-def http_critic(server: FakeCritic, tokenizer, **kw) -> CriticConfig:
-    openai = OpenAIConfig(base_url=server.url, api_key_env=KEY_ENV, concurrency=16, max_attempts=3,
-                          backoff_s=0.1, timeout_s=3.0, max_response_bytes=1024 * 1024)
-    base = {"backend": "openai", "model": "fake-critic", "tokenizer": str(tokenizer), "max_model_len": 4096,
-            "num_samples": 2, "max_retries": 1, "batch_size": 32, "num_cpus_per_actor": 0.5,
-            "pool": PoolConfig(min=1, max=1), "openai": openai}
-    base.update(kw)
-    return CriticConfig(**base)
 
 
 def files_containing(root: str | Path, needle: bytes) -> list[str]:
