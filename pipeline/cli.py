@@ -48,15 +48,15 @@ def run_stage_cli(stage: Stage, argv: list[str]) -> dict | None:
 def committed_folder(output: str) -> str:
     """Where the committed files of `output` are, for people: pipeline code follows the commit record
     (`_manifest.json`) by itself, a browser or `from_pretrained` needs the version folder it names."""
-    from pipeline import io
-    from pipeline.commit import read_commit
+    from pipeline import fsys
+    from pipeline.record import read_commit
 
     commit = read_commit(output)
     if commit is None:
         return output
     if all(path.startswith(commit.version + "/") for path in commit.files.values()):
-        return io.join(output, commit.version)
-    return f"listed in {io.join(output, '_manifest.json')}"  # carried over from earlier runs (label resume)
+        return fsys.join(output, commit.version)
+    return f"listed in {fsys.join(output, '_manifest.json')}"  # carried over from earlier runs (label resume)
 
 
 def wants_help(argv: list[str]) -> bool:

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from omegaconf import MISSING
 
-from pipeline import io, models
+from pipeline import fsys, io, models
 from pipeline.build.config import BuildConfig
 from pipeline.errors import UserError
 from pipeline.ingest.config import IngestConfig
@@ -122,9 +122,9 @@ def print_outputs(manifests: dict[str, dict], cfg: PipelineConfig) -> None:
     from pipeline.cli import committed_folder
 
     if "train" in manifests:
-        print(f"\n  model:  {io.join(committed_folder(cfg.train.output), 'hf')}  (HF safetensors export)")
+        print(f"\n  model:  {fsys.join(committed_folder(cfg.train.output), 'hf')}  (HF safetensors export)")
     if "report" in manifests:
         folder = committed_folder(cfg.report.output)
-        print(f"  report: {io.join(folder, 'report.md')}  (and report.html)")
-        if io.exists(io.join(cfg.report.output, "inspect.html")):
-            print(f"  masks:  {io.join(folder, 'inspect.html')}  (one document's tokens: trained, masked, context)")
+        print(f"  report: {fsys.join(folder, 'report.md')}  (and report.html)")
+        if io.exists(fsys.join(cfg.report.output, "inspect.html")):
+            print(f"  masks:  {fsys.join(folder, 'inspect.html')}  (one document's tokens: trained, masked, context)")

@@ -1,13 +1,13 @@
 """Stage manifests: what ran, on what, with which config, and whether it finished.
 
-`run_stage` opens the stage's output (pipeline.commit: overlap guard, same-stage check, lock,
-a fresh version folder), runs ``stage.run(cfg, out)``, and commits: ``<output>/_manifest.json`` is
-the commit record and the manifest at once, written last. Its status is ``complete``, or
-``failed`` with the reason when the stage raised `StageFailed` (what it wrote is still committed;
-the error propagates), or ``partial`` for a stage's own periodic commits. Inputs that are stage
-outputs must be committed and complete. A stage whose manifest says it completed with the same
-config and the same inputs (a fingerprint of the committed input files' paths, sizes and
-modification times) is skipped, unless forced.
+`run_stage` opens the stage's output (pipeline.commit.open_output: the overlap and same-stage
+checks of pipeline.guards, the lock of pipeline.lock, a fresh version folder), runs
+``stage.run(cfg, out)``, and commits: ``<output>/_manifest.json`` is the commit record and the
+manifest at once, written last. Its status is ``complete``, or ``failed`` with the reason when the
+stage raised `StageFailed` (what it wrote is still committed; the error propagates), or ``partial``
+for a stage's own periodic commits. Inputs that are stage outputs must be committed and complete.
+A stage whose manifest says it completed with the same config and the same inputs (a fingerprint of
+the committed input files' paths, sizes and modification times) is skipped, unless forced.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline import commit, io
-from pipeline.commit import MANIFEST, Output
+from pipeline import commit, fsys, guards, io, record
+from pipeline.commit import Output
 from pipeline.config import redacted
 from pipeline.errors import StageFailed
+from pipeline.record import MANIFEST
 
 
 @dataclass(frozen=True)
@@ -75,22 +76,22 @@ def fingerprint(uris: dict[str, str | None]) -> str:
         h.update(f"{name}={uri}\n".encode())
         if not uri or not io.exists(uri):
             continue
-        loc = commit.locate(uri)
+        loc = record.locate(uri)
         if loc is not None:
             c = loc.commit
             h.update(f"commit\t{c.manifest.get('run_id')}\t{c.version}\t{c.status}\n".encode())
-            fs, _ = io.filesystem(uri)
+            fs, _ = fsys.filesystem(uri)
             for logical, f in c.uris(loc.rel).items():
-                info = fs.get_file_info(io.filesystem(f)[1])
+                info = fs.get_file_info(fsys.filesystem(f)[1])
                 h.update(f"{logical}\t{info.size}\t{info.mtime_ns}\n".encode())
             continue
-        fs, path = io.filesystem(uri)
+        fs, path = fsys.filesystem(uri)
         info = fs.get_file_info(path)
         infos = [info] if info.type == pafs.FileType.File else fs.get_file_info(pafs.FileSelector(path, recursive=True))
         for f in sorted(infos, key=lambda f: f.path):
             rel = f.path[len(path):]
             if f.type == pafs.FileType.File and not any(
-                p.startswith((commit.STAGING_PREFIX, commit.LOCK, commit.VERSION_PREFIX)) for p in rel.split("/")
+                p.startswith((record.STAGING_PREFIX, record.LOCK, record.VERSION_PREFIX)) for p in rel.split("/")
             ):
                 h.update(f"{f.path}\t{f.size}\t{f.mtime_ns}\n".encode())
     return h.hexdigest()
@@ -100,12 +101,8 @@ def _config_hash(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def read_manifest(output: str) -> dict | None:
-    return commit.read_manifest(output)
-
-
 def is_complete(output: str, stage: str, cfg: dict, inputs_fingerprint: str) -> bool:
-    m = read_manifest(output)
+    m = record.read_manifest(output)
     return (
         m is not None
         and m.get("status") == "complete"
@@ -139,11 +136,11 @@ def run_stage(
     plain = redacted(cfg)
     inputs_fp = fingerprint(inputs)
     if not force and is_complete(output, stage, plain, inputs_fp):
-        manifest = read_manifest(output)
-        print(f"[{stage}] complete for these inputs and config, skipped ({io.join(output, MANIFEST)}); force=true re-runs it")
+        manifest = record.read_manifest(output)
+        print(f"[{stage}] complete for these inputs and config, skipped ({fsys.join(output, MANIFEST)}); force=true re-runs it")
         return {**manifest, "skipped": True}
     for name, uri in inputs.items():
-        commit.check_input(name, uri)
+        guards.check_input(name, uri)
     started = time.time()
     with commit.open_output(stage, output, inputs) as out:
         out.record = {
@@ -195,10 +192,10 @@ def _takes_output(fn: Callable) -> bool:
 def _legacy_manifest(out: Output, summary: dict, started: float) -> dict:
     """The manifest of a stage that wrote into its output folder directly (no commit record:
     readers read the folder as it is). Only until every stage takes ``run(cfg, out)``."""
-    fs, path = io.filesystem(out.uri)
+    fs, path = fsys.filesystem(out.uri)
     fs.delete_dir(path)
     manifest = {**out.record, "stage": out.stage, "status": "complete", "output": out.root,
                 "rows_in": summary.get("rows_in"), "rows_out": summary.get("rows_out"), "summary": summary,
                 "finished_at": _now(), "duration_s": round(time.time() - started, 3)}
-    io.write_bytes(io.join(out.root, MANIFEST), json.dumps(manifest, indent=2, default=str).encode())
+    fsys.write_bytes(fsys.join(out.root, MANIFEST), json.dumps(manifest, indent=2, default=str).encode())
     return manifest

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.commit import Output
 from pipeline.errors import InputNotFound, UserError
 from pipeline.manifest import Stage, run_direct
@@ -64,11 +64,11 @@ def run(cfg: ReferenceLabelsConfig, out: Output | None = None) -> dict:
     if out is None:
         return run_direct(STAGE, cfg)
     table = read_reference(cfg.input, cfg.name)
-    io.write_table(table, io.join(out.uri, "part-0.parquet"))
+    fsys.write_table(table, fsys.join(out.uri, "part-0.parquet"))
     counts = {lab: table["label"].to_pylist().count(lab) for lab in LABELS}
     summary = {"rows_in": table.num_rows, "rows_out": table.num_rows, "source": cfg.name,
                "trajectories": len(set(table["traj_id"].to_pylist())), "labels": counts}
-    io.write_bytes(io.join(out.uri, "_summary.json"), json.dumps(summary, indent=2).encode())
+    fsys.write_bytes(fsys.join(out.uri, "_summary.json"), json.dumps(summary, indent=2).encode())
     return summary
 
 

@@ -1,7 +1,7 @@
 """Every tabular output is also a Delta Lake table, so that any tool of the field reads it.
 
 A stage output's Parquet files are written by the stage into its run's version folder, and the
-commit record (``_manifest.json``, pipeline.commit) names them. Just before that record is
+commit record (``_manifest.json``, pipeline.record) names them. Just before that record is
 written, `publish` makes the same file set the new version of a Delta table (delta-rs,
 ``deltalake``) rooted at the output, or at the side folder the files belong to::
 
@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline import io
+from pipeline import fsys
 
 LOG = "_delta_log"
 
@@ -77,7 +77,7 @@ def is_table(uri: str) -> bool:
     if urlparse(uri).scheme not in ("", "file", "s3"):
         return False
     try:
-        fs, path = io.filesystem(uri)
+        fs, path = fsys.filesystem(uri)
         infos = fs.get_file_info(pafs.FileSelector(posixpath.join(path, LOG), allow_not_found=True))
     except (OSError, ValueError):
         return False
@@ -114,7 +114,7 @@ def publish(table_uri: str, files: list[str], *, stage: str, run_id: str, status
     from deltalake import CommitProperties, DeltaTable
     from deltalake.transaction import AddAction
 
-    fs, root = io.filesystem(table_uri)
+    fs, root = fsys.filesystem(table_uri)
     schema = pq.read_schema(posixpath.join(root, files[0]), filesystem=fs) if files else None
     loc, opts = location(table_uri), storage_options(table_uri)
     props = CommitProperties(custom_metadata={"srft.stage": stage, "srft.run_id": run_id, "srft.status": status})

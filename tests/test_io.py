@@ -10,7 +10,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 
-from pipeline import commit, io
+from pipeline import commit, fsys, io, record
 from pipeline.errors import UserError
 from pipeline.schema import BUILD_ERROR
 
@@ -28,39 +28,39 @@ def _rel(files: list[str], folder: str = "/in/") -> list[str]:
 
 def test_list_files_folder_glob_suffix_case_and_missing(root):
     for name in ["a.jsonl", "B.JSONL", "sub/b.traj", "sub/c.txt", "_quarantine/d.jsonl", ".hidden/e.jsonl"]:
-        io.write_bytes(io.join(root, "in", name), b"{}")
-    found, skipped = io.list_files_with_skips(io.join(root, "in"), (".jsonl", ".traj"))
+        fsys.write_bytes(fsys.join(root, "in", name), b"{}")
+    found, skipped = io.list_files_with_skips(fsys.join(root, "in"), (".jsonl", ".traj"))
     assert _rel(found) == ["B.JSONL", "a.jsonl", "sub/b.traj"]
     reasons = {_rel([s["uri"]])[0]: s["reason"] for s in skipped}
-    assert reasons == {"sub/c.txt": io.UNSUPPORTED_SUFFIX, "_quarantine": io.HIDDEN, ".hidden": io.HIDDEN}
-    assert [f.rsplit("/", 1)[1] for f in io.list_files(io.join(root, "in", "sub", "*.traj"), ())] == ["b.traj"]
-    assert io.list_files(io.join(root, "in", "a.jsonl"), ()) == [io.join(root, "in", "a.jsonl")]
+    assert reasons == {"sub/c.txt": fsys.UNSUPPORTED_SUFFIX, "_quarantine": fsys.HIDDEN, ".hidden": fsys.HIDDEN}
+    assert [f.rsplit("/", 1)[1] for f in io.list_files(fsys.join(root, "in", "sub", "*.traj"), ())] == ["b.traj"]
+    assert io.list_files(fsys.join(root, "in", "a.jsonl"), ()) == [fsys.join(root, "in", "a.jsonl")]
     with pytest.raises(FileNotFoundError, match="nope"):
-        io.list_files(io.join(root, "nope"), (".jsonl",))
+        io.list_files(fsys.join(root, "nope"), (".jsonl",))
 
 
-def _commit(root: str, stage: str, tables: dict[str, pa.Table]) -> commit.Commit:
+def _commit(root: str, stage: str, tables: dict[str, pa.Table]) -> record.Commit:
     with commit.open_output(stage, root) as out:
         for name, t in tables.items():
-            io.write_table(t, io.join(out.uri, name))
+            fsys.write_table(t, fsys.join(out.uri, name))
         out.commit("complete")
-    return commit.read_commit(root)
+    return record.read_commit(root)
 
 
 def test_readers_follow_the_commit_record(root):
-    out = io.join(root, "out")
+    out = fsys.join(root, "out")
     first = _commit(out, "build", {"part-0.parquet": ROWS, "_errors/part-0.parquet": ROWS.slice(0, 1)})
     # A run killed before its commit leaves a version folder that no reader sees.
-    fs, path = io.filesystem(out)
-    io.write_table(ROWS, io.join(out, "_v-build-killed", "part-1.parquet"))
+    fs, path = fsys.filesystem(out)
+    fsys.write_table(ROWS, fsys.join(out, "_v-build-killed", "part-1.parquet"))
     assert io.read_table(out, BUILD_ERROR).num_rows == 2
-    assert io.read_table(io.join(out, "_errors"), BUILD_ERROR).num_rows == 1
-    assert io.exists(io.join(out, "_errors")) and not io.exists(io.join(out, "_excluded"))
-    assert io.read_table(io.join(out, "_excluded"), BUILD_ERROR).num_rows == 0
+    assert io.read_table(fsys.join(out, "_errors"), BUILD_ERROR).num_rows == 1
+    assert io.exists(fsys.join(out, "_errors")) and not io.exists(fsys.join(out, "_excluded"))
+    assert io.read_table(fsys.join(out, "_excluded"), BUILD_ERROR).num_rows == 0
     assert pads.dataset(path, filesystem=fs).count_rows() == 0  # plain readers see no half-written mix
     second = _commit(out, "build", {"part-0.parquet": ROWS.slice(0, 1), "part-1.parquet": ROWS})
     assert io.read_table(out, BUILD_ERROR).num_rows == 3
-    assert not io.exists(io.join(out, "_errors"))  # the new version has no errors
+    assert not io.exists(fsys.join(out, "_errors"))  # the new version has no errors
     names = {os.path.basename(i.path) for i in fs.get_file_info(pafs.FileSelector(path))}
     assert first.version in names and second.version in names  # the previous version is kept...
     assert "_v-build-killed" not in names  # ...a killed run's is not
@@ -70,22 +70,22 @@ def test_readers_follow_the_commit_record(root):
 
 
 def test_plain_folder_is_read_as_it_is_and_uncommitted_output_refused(root):
-    io.write_table(ROWS, io.join(root, "byhand", "rows.parquet"))
-    assert io.read_table(io.join(root, "byhand"), BUILD_ERROR).num_rows == 2
-    io.write_table(ROWS, io.join(root, "killed", "_v-label-20260101T000000-abc123", "part-0.parquet"))
+    fsys.write_table(ROWS, fsys.join(root, "byhand", "rows.parquet"))
+    assert io.read_table(fsys.join(root, "byhand"), BUILD_ERROR).num_rows == 2
+    fsys.write_table(ROWS, fsys.join(root, "killed", "_v-label-20260101T000000-abc123", "part-0.parquet"))
     with pytest.raises(UserError, match="re-run label"):
-        io.read_table(io.join(root, "killed"), BUILD_ERROR)
+        io.read_table(fsys.join(root, "killed"), BUILD_ERROR)
 
 
 def test_publish_moves_files_and_deletes_nothing(root):
-    out = io.join(root, "out")
-    io.write_table(ROWS, io.join(out, "old.parquet"))
-    staging = io.staging_uri(out, "r1")
-    io.write_table(ROWS, io.join(staging, "new.parquet"))
-    io.write_table(ROWS, io.join(staging, "_errors", "e.parquet"))
-    moved = io.publish(staging, out, replace=True)
+    out = fsys.join(root, "out")
+    fsys.write_table(ROWS, fsys.join(out, "old.parquet"))
+    staging = fsys.staging_uri(out, "r1")
+    fsys.write_table(ROWS, fsys.join(staging, "new.parquet"))
+    fsys.write_table(ROWS, fsys.join(staging, "_errors", "e.parquet"))
+    moved = fsys.publish(staging, out, replace=True)
     assert sorted(m.rsplit("/out/", 1)[1] for m in moved) == ["_errors/e.parquet", "new.parquet"]
-    assert io.exists(io.join(out, "old.parquet")) and not io.exists(staging)
+    assert io.exists(fsys.join(out, "old.parquet")) and not io.exists(staging)
 
 
 def test_symlinks_fifo_and_dangling_links_are_skipped_with_reasons(tmp_path):
@@ -103,12 +103,12 @@ def test_symlinks_fifo_and_dangling_links_are_skipped_with_reasons(tmp_path):
     assert [os.path.relpath(f, inp) for f in found] == ["a.jsonl", "sub/b.JSONL"]
     reasons = {os.path.relpath(s["uri"], inp): s["reason"].split(" (")[0] for s in skipped}
     assert reasons == {
-        "alias": io.SYMLINK_LOOP,
-        "sub/loop": io.SYMLINK_LOOP,
-        "link.jsonl": io.DUPLICATE_LINK,
-        "dangling.jsonl": io.DANGLING_LINK,
-        "self.jsonl": io.DANGLING_LINK,
-        "pipe.jsonl": io.NOT_REGULAR,
+        "alias": fsys.SYMLINK_LOOP,
+        "sub/loop": fsys.SYMLINK_LOOP,
+        "link.jsonl": fsys.DUPLICATE_LINK,
+        "dangling.jsonl": fsys.DANGLING_LINK,
+        "self.jsonl": fsys.DANGLING_LINK,
+        "pipe.jsonl": fsys.NOT_REGULAR,
     }
 
 
@@ -119,9 +119,9 @@ def test_unreadable_file_is_skipped_with_its_reason(tmp_path):
     os.chmod(tmp_path / "b.jsonl", 0)
     found, skipped = io.list_files_with_skips(str(tmp_path), (".jsonl",))
     assert [os.path.basename(f) for f in found] == ["a.jsonl"]
-    assert skipped == [{"uri": str(tmp_path / "b.jsonl"), "reason": io.UNREADABLE}]
+    assert skipped == [{"uri": str(tmp_path / "b.jsonl"), "reason": fsys.UNREADABLE}]
 
 
 def test_unsupported_scheme():
     with pytest.raises(ValueError, match="gs://"):
-        io.filesystem("gs://bucket/x")
+        fsys.filesystem("gs://bucket/x")

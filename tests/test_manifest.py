@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipeline import commit, io
+from pipeline import fsys, io, record
 from pipeline.errors import StageFailed, UserError
-from pipeline.manifest import MANIFEST, fingerprint, run_stage
+from pipeline.manifest import fingerprint, run_stage
+from pipeline.record import MANIFEST
 
 
 @dataclass
@@ -23,7 +24,7 @@ class Cfg:
 def _stage(calls):
     def fn(cfg, out):
         calls.append(cfg.n)
-        io.write_bytes(io.join(out.uri, "part-0.txt"), b"x" * cfg.n)
+        fsys.write_bytes(fsys.join(out.uri, "part-0.txt"), b"x" * cfg.n)
         return {"rows_in": cfg.n, "rows_out": cfg.n}
     return fn
 
@@ -31,10 +32,10 @@ def _stage(calls):
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_skip_force_and_invalidation(tmp_path, where, request):
     root = request.getfixturevalue("s3_bucket") if where == "s3" else str(tmp_path)
-    inp = io.join(root, "in.txt")
-    io.write_bytes(inp, b"input")
+    inp = fsys.join(root, "in.txt")
+    fsys.write_bytes(inp, b"input")
     calls = []
-    cfg = Cfg(output=io.join(root, "out"))
+    cfg = Cfg(output=fsys.join(root, "out"))
     m1 = run_stage("demo", cfg, {"input": inp}, cfg.output, _stage(calls))
     assert not m1["skipped"] and m1["rows_out"] == 1 and m1["status"] == "complete"
     assert run_stage("demo", cfg, {"input": inp}, cfg.output, _stage(calls))["skipped"]
@@ -43,12 +44,12 @@ def test_skip_force_and_invalidation(tmp_path, where, request):
     assert calls == [1, 1]
     cfg.n = 2  # config changed -> runs
     assert not run_stage("demo", cfg, {"input": inp}, cfg.output, _stage(calls))["skipped"]
-    io.write_bytes(inp, b"changed input")  # input changed -> runs
+    fsys.write_bytes(inp, b"changed input")  # input changed -> runs
     assert not run_stage("demo", cfg, {"input": inp}, cfg.output, _stage(calls))["skipped"]
     assert calls == [1, 1, 2, 2]
-    assert io.read_bytes(io.join(cfg.output, "part-0.txt")) == b"xx"  # the committed file, via the record
+    assert io.read_bytes(fsys.join(cfg.output, "part-0.txt")) == b"xx"  # the committed file, via the record
 
-    text = io.read_bytes(io.join(cfg.output, MANIFEST)).decode()
+    text = io.read_bytes(fsys.join(cfg.output, MANIFEST)).decode()
     assert "sk-live-123" not in text
     m = json.loads(text)
     assert m["config"]["api_key"] == "<redacted>" and m["inputs"] == {"input": inp}
@@ -59,17 +60,17 @@ def test_skip_force_and_invalidation(tmp_path, where, request):
 def test_failed_rerun_keeps_the_previous_output(tmp_path):
     cfg = Cfg(output=str(tmp_path / "out"))
     run_stage("demo", cfg, {}, cfg.output, _stage([]))
-    before = commit.read_commit(cfg.output)
+    before = record.read_commit(cfg.output)
 
     def boom(cfg, out):
-        io.write_bytes(io.join(out.uri, "part-0.txt"), b"half")
+        fsys.write_bytes(fsys.join(out.uri, "part-0.txt"), b"half")
         raise RuntimeError("killed mid-stage")
 
     with pytest.raises(RuntimeError):
         run_stage("demo", cfg, {}, cfg.output, boom, force=True)
-    after = commit.read_commit(cfg.output)
+    after = record.read_commit(cfg.output)
     assert after.manifest == before.manifest and after.status == "complete"
-    assert io.read_bytes(io.join(cfg.output, "part-0.txt")) == b"x"
+    assert io.read_bytes(fsys.join(cfg.output, "part-0.txt")) == b"x"
     leftovers = [n for n in os.listdir(cfg.output) if n.startswith("_v-") and n != before.version]
     assert len(leftovers) == 1  # the failed run's version, until the next run cleans it
     run_stage("demo", cfg, {}, cfg.output, _stage([]), force=True)
@@ -81,12 +82,12 @@ def test_stage_failed_commits_what_it_wrote_and_downstream_refuses_it(tmp_path):
     cfg = Cfg(output=str(tmp_path / "out"))
 
     def mostly_errors(cfg, out):
-        io.write_bytes(io.join(out.uri, "part-0.txt"), b"some")
+        fsys.write_bytes(fsys.join(out.uri, "part-0.txt"), b"some")
         raise StageFailed("9 of 10 rows errored")
 
     with pytest.raises(StageFailed, match="9 of 10"):
         run_stage("demo", cfg, {}, cfg.output, mostly_errors)
-    c = commit.read_commit(cfg.output)
+    c = record.read_commit(cfg.output)
     assert c.status == "failed" and c.reason == "9 of 10 rows errored" and list(c.files) == ["part-0.txt"]
     with pytest.raises(UserError, match="re-run demo"):
         run_stage("next", Cfg(output=str(tmp_path / "next")), {"input": cfg.output}, str(tmp_path / "next"),
@@ -101,7 +102,7 @@ def test_rows_in_but_none_out_fails_unless_allowed(tmp_path):
     cfg = Cfg(output=str(tmp_path / "out"))
     with pytest.raises(StageFailed, match="read 5 rows and wrote none"):
         run_stage("demo", cfg, {}, cfg.output, nothing)
-    assert commit.read_commit(cfg.output).status == "failed"
+    assert record.read_commit(cfg.output).status == "failed"
     cfg.allow_empty = True
     assert run_stage("demo", cfg, {}, cfg.output, nothing, force=True)["status"] == "complete"
 
@@ -131,7 +132,7 @@ def test_fingerprint_ignores_locks_and_old_versions(tmp_path):
 
 def test_a_stage_still_on_run_cfg_keeps_working(tmp_path):
     def old(cfg):
-        io.write_bytes(io.join(cfg.output, "part-0.txt"), b"old")
+        fsys.write_bytes(fsys.join(cfg.output, "part-0.txt"), b"old")
         return {"rows_in": 1, "rows_out": 1}
 
     cfg = Cfg(output=str(tmp_path / "out"))

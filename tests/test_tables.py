@@ -15,7 +15,7 @@ import os
 import pyarrow as pa
 import pytest
 
-from pipeline import commit, io, tables
+from pipeline import fsys, io, record, tables
 from pipeline.schema import BUILD_ERROR, LABEL_ERROR, QUARANTINE, STEP_LABEL, TRAINING_ROW, TRAJECTORY
 from tests.label.fake_critic import FakeCritic
 from tests.label.helpers import trajectory, write_trajectories
@@ -87,7 +87,7 @@ def outputs(ray_session, shared_data, qwen_tokenizer_path, tmp_path_factory):
                                 seed=seed, openai=OpenAIConfig(base_url=server.url, api_key_env=KEY_ENV))
 
         first = label.run(LabelConfig(input=traj, output=labels, critic=critic(0)))
-        first_commit = commit.read_commit(labels)
+        first_commit = record.read_commit(labels)
         first_rows = io.read_table(labels, STEP_LABEL)
         second = label.run(LabelConfig(input=traj, output=labels, replace=True, critic=critic(1)))
         # The real runs all label; error rows come from trajectories the test critic answers badly.
@@ -118,11 +118,11 @@ TABLES = [
 
 @pytest.mark.parametrize("output,side,schema", TABLES, ids=[f"{o}{'/' + s if s else ''}" for o, s, _ in TABLES])
 def test_every_reader_gets_exactly_the_pipelines_rows(outputs, output, side, schema):
-    uri = io.join(outputs[output], side) if side else outputs[output]
+    uri = fsys.join(outputs[output], side) if side else outputs[output]
     ours = io.read_table(uri, schema)
     assert ours.num_rows > 0, f"{uri}: nothing to compare"
-    record = commit.read_commit(outputs[output])
-    assert tables.open_table(uri).version() == record.manifest["commit"]["tables"][side]
+    c = record.read_commit(outputs[output])
+    assert tables.open_table(uri).version() == c.manifest["commit"]["tables"][side]
     want = canonical(ours)
     for name, read in READERS.items():
         assert canonical(read(uri, None)) == want, f"{name} read other rows from {uri}"
@@ -148,7 +148,7 @@ def test_each_delta_commit_names_its_stage_run_and_status(outputs):
     writes = [h for h in tables.open_table(uri).history() if h.get("operation") == "WRITE"]
     assert writes and {h["srft.stage"] for h in writes} == {"label"}
     assert writes[0]["srft.status"] == "complete"
-    assert writes[0]["srft.run_id"] == commit.read_commit(uri).manifest["run_id"]
+    assert writes[0]["srft.run_id"] == record.read_commit(uri).manifest["run_id"]
 
 
 def _race_two_overwrites(table_uri: str) -> tuple[list, pa.Table]:
@@ -157,7 +157,7 @@ def _race_two_overwrites(table_uri: str) -> tuple[list, pa.Table]:
 
     import pyarrow.parquet as pq
 
-    fs, root = io.filesystem(table_uri)
+    fs, root = fsys.filesystem(table_uri)
     for name in ("a", "b", "c"):
         fs.create_dir(f"{root}/_v-t-{name}", recursive=True)
         with fs.open_output_stream(f"{root}/_v-t-{name}/part-0.parquet") as f:

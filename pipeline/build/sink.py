@@ -27,7 +27,7 @@ import pyarrow as pa
 from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.build.config import BuildConfig
 from pipeline.build.packing import Doc, StreamingPacker, pack_row
 from pipeline.build.records import rows_table
@@ -65,7 +65,7 @@ def pack_unit(blocks: Iterable[pa.Table], cfg: BuildConfig, folder: str, unit: i
     def write_shard() -> None:
         nonlocal rows, shards
         if rows:
-            io.write_table(rows_table(rows), io.join(folder, f"part-{unit:05d}-{shards:05d}.parquet"))
+            fsys.write_table(rows_table(rows), fsys.join(folder, f"part-{unit:05d}-{shards:05d}.parquet"))
             shards += 1
             rows = []
 
@@ -119,8 +119,8 @@ def pack_unit(blocks: Iterable[pa.Table], cfg: BuildConfig, folder: str, unit: i
     write_shard()
     for st, sub in SIDE_FOLDERS.items():
         if side[st]:
-            io.write_table(pa.Table.from_pylist(side[st], schema=BUILD_ERROR),
-                           io.join((side_folders or {}).get(sub) or io.join(folder, sub), f"part-{unit:05d}.parquet"))
+            fsys.write_table(pa.Table.from_pylist(side[st], schema=BUILD_ERROR),
+                             fsys.join((side_folders or {}).get(sub) or fsys.join(folder, sub), f"part-{unit:05d}.parquet"))
     assert tok["trained"] == tok["trained_before_packing"], "packing changed the trained token count"
     return {"unit": unit, "records": records, "shards": shards, "kinds": dict(kinds), "tokens": dict(tok),
             "tools": dict(tools), "errors": dict(reasons["error"]), "excluded": dict(reasons["excluded"]),

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.build.builder import MaskBuilder
 from pipeline.build.config import LABEL_RECIPES, BuildConfig, token_limit, validate
 from pipeline.build.labels import LABEL_COLUMNS, compact, index_from_compact
@@ -77,8 +77,8 @@ def _parquet_files(uri: str, schema: pa.Schema, what: str) -> tuple[object, list
 def _parquet_shards(uri: str, schema: pa.Schema, what: str) -> tuple[object, list[str], dict]:
     """(filesystem, paths, {"rows": total rows from the footers, "columns": names in every shard})."""
     files = io.list_files(uri, (".parquet",))
-    fs, _ = io.filesystem(uri)
-    paths = [io.filesystem(f)[1] for f in files]
+    fs, _ = fsys.filesystem(uri)
+    paths = [fsys.filesystem(f)[1] for f in files]
     rows, common = 0, None
     for f, p in zip(files, paths):
         meta = pq.read_metadata(fs.open_input_file(p))
@@ -232,7 +232,7 @@ def run(cfg: BuildConfig, out: Output | None = None) -> dict:
         "config": redacted(cfg),
     }
     assert trained == tok["trained_before_packing"], "packing changed the trained token count"
-    io.write_bytes(io.join(out.uri, "_summary.json"), json.dumps(summary, indent=2).encode())
+    fsys.write_bytes(fsys.join(out.uri, "_summary.json"), json.dumps(summary, indent=2).encode())
     return summary
 
 

@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from pipeline import io
+from pipeline import fsys, io
 
 TOKENIZER_SUFFIXES = (".json", ".jinja", ".txt", ".model", ".tiktoken", ".vocab", ".merges")
 
@@ -35,7 +35,7 @@ def local_model_dir(model: str) -> str:
     """A local folder holding the model's tokenizer files: the folder itself, or a cached copy of
     the tokenizer files (never the weights) of an s3:// or hf:// model."""
     if urlparse(model).scheme in ("", "file"):
-        path = io.filesystem(model)[1]
+        path = fsys.filesystem(model)[1]
         if not os.path.isdir(path):
             raise FileNotFoundError(f"model {model!r} is not a folder (expected the student's model folder)")
         return path

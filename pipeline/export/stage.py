@@ -20,7 +20,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.commit import Output
 from pipeline.errors import StageFailed, UserError
 from pipeline.export.config import ExportConfig
@@ -53,7 +53,7 @@ def run(cfg: ExportConfig, out: Output | None = None) -> dict:
     def flush() -> None:
         if buffer:
             name = f"part-{len(shards):05d}.parquet"
-            io.write_table(pa.Table.from_pylist(buffer, schema=schema), io.join(out.uri, name))
+            fsys.write_table(pa.Table.from_pylist(buffer, schema=schema), fsys.join(out.uri, name))
             shards.append(name)
             buffer.clear()
 
@@ -86,17 +86,17 @@ def run(cfg: ExportConfig, out: Output | None = None) -> dict:
         progress.update(done=1, errors=0, rows=counts["rows_in"])
     flush()
     if errors:
-        io.write_table(pa.Table.from_pylist(errors, schema=EXPORT_ERROR), io.join(out.side_uri("_errors"), "part-00000.parquet"))
+        fsys.write_table(pa.Table.from_pylist(errors, schema=EXPORT_ERROR), fsys.join(out.side_uri("_errors"), "part-00000.parquet"))
     summary = {**counts, "rows_out": counts["examples"], "format": cfg.format, "unpacked": unpack,
                "files": shards, "output": cfg.output,
                "quarantine_reasons": sorted({e["reason"] for e in errors})[:10]}
-    io.write_bytes(io.join(out.uri, "_summary.json"), json.dumps(summary, indent=2).encode())
+    fsys.write_bytes(fsys.join(out.uri, "_summary.json"), json.dumps(summary, indent=2).encode())
     if counts["trained_tokens_in"] != counts["trained_tokens_out"]:
         raise StageFailed(f"trained tokens changed in the export ({counts['trained_tokens_in']} in, "
                           f"{counts['trained_tokens_out']} out): a conversion bug, do not train on this output")
     if counts["rows_in"] and counts["rows_quarantined"] * 2 > counts["rows_in"]:
         raise StageFailed(f"{counts['rows_quarantined']} of {counts['rows_in']} rows could not be exported "
-                          f"(see {io.join(cfg.output, '_errors')}): {summary['quarantine_reasons'][:3]}")
+                          f"(see {fsys.join(cfg.output, '_errors')}): {summary['quarantine_reasons'][:3]}")
     return summary
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.ingest.normalize import BadRow, from_swe_agent, from_swe_smith, parse_json
 from pipeline.schema import QUARANTINE, TRAJECTORY
 
@@ -97,7 +97,7 @@ def _record(source: str, location: str, ordinal: int, convert: Callable[[], dict
 
 
 def _jsonl(uri: str, resolution: dict[str, bool]) -> Iterator[dict]:
-    fs, path = io.filesystem(uri)
+    fs, path = fsys.filesystem(uri)
     with fs.open_input_stream(path) as f:
         for n, raw in enumerate(_lines(f), start=1):
             if not raw.strip():
@@ -157,7 +157,7 @@ def _parquet_row(row: dict | _Unreadable, uri: str, resolution: dict[str, bool])
 def _parquet(uri: str, resolution: dict[str, bool]) -> Iterator[dict]:
     """Row group by row group: a group that does not decode costs its own rows (each quarantined
     at its place, the count known from the footer), not the rest of the file."""
-    fs, path = io.filesystem(uri)
+    fs, path = fsys.filesystem(uri)
     with fs.open_input_file(path) as f:
         parquet = pq.ParquetFile(f)
         columns = [c for c in parquet.schema_arrow.names if c in ROW_COLUMNS]

@@ -19,7 +19,7 @@ from collections import Counter
 import pyarrow as pa
 import ray
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.commit import Output, commit_copy
 from pipeline.errors import StageFailed, UserError
 from pipeline.ingest.config import IngestConfig
@@ -46,7 +46,7 @@ def _collect(ds: ray.data.Dataset, columns: list[str]) -> pa.Table:
 
 
 def _write(ds: ray.data.Dataset, uri: str, schema: pa.Schema, rows_per_shard: int) -> None:
-    fs, path = io.filesystem(uri)
+    fs, path = fsys.filesystem(uri)
     ds.write_parquet(path, filesystem=fs, schema=schema, min_rows_per_file=rows_per_shard)
 
 
@@ -97,7 +97,7 @@ def run(cfg: IngestConfig, out: Output | None = None) -> dict:
     if cfg.quarantine:  # a second output, committed on its own
         commit_copy("ingest.quarantine", quarantine_folder, cfg.quarantine, {**inputs(cfg), "output": cfg.output},
                     summary={"run_id": out.run_id, "rows_quarantined": summary.get("rows_quarantined")})
-    io.write_bytes(io.join(out.uri, "_summary.json"), json.dumps(summary, indent=2).encode())
+    fsys.write_bytes(fsys.join(out.uri, "_summary.json"), json.dumps(summary, indent=2).encode())
     _check_outcome(summary, cfg)
     return summary
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import sys
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.cli import pop_print_config, usage_line, wants_help
 from pipeline.config import help_text, load_config, to_yaml
 from pipeline.inspect.config import InspectConfig
@@ -27,14 +27,14 @@ def inspect_rows(cfg: InspectConfig) -> dict:
     if cfg.format == "html":
         page = to_html(insp)
         output = cfg.output or f"inspect-{re.sub(r'[^A-Za-z0-9._-]+', '_', insp.traj_id)}.html"
-        io.write_bytes(output, page.encode("utf-8"))
+        fsys.write_bytes(output, page.encode("utf-8"))
         print(f"[inspect] wrote {output}", file=sys.stderr)
     else:
         color = cfg.color if cfg.color is not None else sys.stdout.isatty()
         text = to_text(insp, color)
         output = cfg.output
         if output:
-            io.write_bytes(output, text.encode("utf-8"))
+            fsys.write_bytes(output, text.encode("utf-8"))
         else:
             sys.stdout.write(text)
     return {

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.build.builder import Built, Conversation, Failed, MaskBuilder
 from pipeline.build.config import LABEL_RECIPES
 from pipeline.build.labels import LABEL_COLUMNS, Rejection, compact, index_from_compact, select
@@ -85,7 +85,7 @@ class Inspection:
 
 
 def read_summary(rows: str) -> dict:
-    uri = io.join(rows, "_summary.json")
+    uri = fsys.join(rows, "_summary.json")
     if not io.exists(uri):
         raise UserError(f"rows={rows!r} has no _summary.json: pass the build stage's output folder")
     return json.loads(io.read_bytes(uri))
@@ -95,7 +95,7 @@ def _filtered(uri: str, schema: pa.Schema, traj_id: str, columns: list[str] | No
     """The rows of `traj_id` in the Parquet shards under `uri` (row-group filtered, not a full read)."""
     parts = []
     for f in io.list_files(uri, (".parquet",)):
-        fs, path = io.filesystem(f)
+        fs, path = fsys.filesystem(f)
         t = pq.read_table(path, filesystem=fs, columns=columns, filters=[("traj_id", "=", traj_id)])
         if t.num_rows:
             parts.append(t)
@@ -108,7 +108,7 @@ def find_documents(rows: str) -> list[tuple[int, int, str, int]]:
     """(row index, position in row, traj_id, masked tokens in its row) of every document, in order."""
     out, r = [], 0
     for f in io.list_files(rows, (".parquet",)):
-        fs, path = io.filesystem(f)
+        fs, path = fsys.filesystem(f)
         t = pq.read_table(path, filesystem=fs, columns=["traj_ids", "num_masked_tokens"])
         for ids, masked in zip(t["traj_ids"].to_pylist(), t["num_masked_tokens"].to_pylist()):
             out += [(r, k, tid, masked) for k, tid in enumerate(ids)]
@@ -120,7 +120,7 @@ def stored_document(rows: str, row: int) -> dict:
     """Training row number `row` (counting across the shards in order)."""
     seen = 0
     for f in io.list_files(rows, (".parquet",)):
-        fs, path = io.filesystem(f)
+        fs, path = fsys.filesystem(f)
         n = pq.read_metadata(fs.open_input_file(path)).num_rows
         if row < seen + n:
             return pq.read_table(path, filesystem=fs, schema=TRAINING_ROW).slice(row - seen, 1).to_pylist()[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.config import load_config
 from pipeline.label.config import EvalCriticConfig
 from pipeline.label.evaluate import evaluate, format_report, read_labels
@@ -26,7 +26,7 @@ def run(cfg: EvalCriticConfig) -> dict:
     metrics["reference"] = cfg.reference
     metrics["rows_in"] = len(pred)
     if cfg.output:
-        io.write_bytes(cfg.output, json.dumps(metrics, indent=2).encode())
+        fsys.write_bytes(cfg.output, json.dumps(metrics, indent=2).encode())
     return metrics
 
 

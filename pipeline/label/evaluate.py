@@ -13,7 +13,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.schema import LABELS, check_version
 
 NONE = "<none>"
@@ -25,7 +25,7 @@ def read_labels(uri: str) -> dict[tuple[str, int], tuple[str, float | None]]:
     out: dict[tuple[str, int], tuple[str, float | None]] = {}
     for f in files:
         if f.endswith(".parquet"):
-            fs, path = io.filesystem(f)
+            fs, path = fsys.filesystem(f)
             pf = pq.ParquetFile(path, filesystem=fs)
             check_version(pf.schema_arrow, f)
             cols = [c for c in ("traj_id", "step", "label", "confidence") if c in pf.schema_arrow.names]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.errors import UserError
 from pipeline.outcome import effective_resolved
 from pipeline.schema import TRAJECTORY, check_version
@@ -37,7 +37,7 @@ def read_keys(input_uri: str) -> tuple[pa.Table, list[str]]:
         raise UserError(f"input={input_uri} holds no trajectory .parquet shards; run jobs.ingest into it first")
     tables = []
     for i, f in enumerate(files):
-        fs, path = io.filesystem(f)
+        fs, path = fsys.filesystem(f)
         pf = pq.ParquetFile(path, filesystem=fs)
         check_version(pf.schema_arrow, f)
         missing = [c for c in INPUT_COLUMNS if c not in pf.schema_arrow.names]
@@ -96,7 +96,7 @@ def read_rows(places: pa.Table) -> pa.Table:
     """Ray Data map (on a worker): the selected rows of each (file, row group) in `places`."""
     out = []
     for p in places.to_pylist():
-        fs, path = io.filesystem(p["file"])
+        fs, path = fsys.filesystem(p["file"])
         group = pq.ParquetFile(path, filesystem=fs).read_row_group(p["row_group"], columns=INPUT_COLUMNS)
         out.append(group.take(pa.array(p["rows"], pa.int32())).select(INPUT_COLUMNS).cast(INPUT_SCHEMA))
     return pa.concat_tables(out) if out else INPUT_SCHEMA.empty_table()

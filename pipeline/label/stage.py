@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.config import redacted
 from pipeline.errors import StageFailed, UserError
 from pipeline.label.actor import CriticActor
@@ -108,7 +108,7 @@ def write_driver_errors(out, name: str, rows: list[dict], claimed: set[str]) -> 
     """The error rows the driver makes (earlier ones kept, ``run_aborted``): one file, claimed."""
     if rows:
         file = f"part-{out.run_id}-{name}.parquet"
-        io.write_table(pa.Table.from_pylist(rows, schema=LABEL_ERROR), io.join(out.side_uri(ERRORS), file))
+        fsys.write_table(pa.Table.from_pylist(rows, schema=LABEL_ERROR), fsys.join(out.side_uri(ERRORS), file))
         claimed.add(f"{ERRORS}/{file}")
 
 
@@ -166,7 +166,7 @@ def run(cfg: LabelConfig, out=None) -> dict:
     if out is None:
         return run_direct(STAGE, cfg)
     cfg.validate()
-    if cfg.errors and cfg.errors.rstrip("/") != io.join(cfg.output, ERRORS):
+    if cfg.errors and cfg.errors.rstrip("/") != fsys.join(cfg.output, ERRORS):
         raise UserError(f"errors={cfg.errors}: error rows are committed with the labels in <output>/{ERRORS}; "
                         "unset errors")
     c, model_name, run_id = cfg.critic, critic_name(cfg), out.run_id
@@ -206,7 +206,7 @@ def run(cfg: LabelConfig, out=None) -> dict:
                          model_name, PROMPT_VERSION, run_id) for tid in lost], claimed)
 
     summary = tally.summary(committer.commits, final=True)
-    io.write_bytes(io.join(out.uri, "_summary.json"), json.dumps(summary, indent=2).encode())
+    fsys.write_bytes(fsys.join(out.uri, "_summary.json"), json.dumps(summary, indent=2).encode())
     errored = summary["trajectories_errored"] + summary.get("trajectories_lost", 0)
     if chosen.ids and errored / len(chosen.ids) > cfg.max_error_fraction:
         top = ", ".join(f"{k} {v}" for k, v in tally.reasons.most_common(3))

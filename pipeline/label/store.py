@@ -26,7 +26,7 @@ import hashlib
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.schema import LABEL_ERROR, LABELS, STEP_LABEL, check_version
 
 ERRORS = "_errors"  # error rows, under the output
@@ -51,7 +51,7 @@ def read_columns(files: list[str], columns: list[str], schema: pa.Schema) -> pa.
     """Selected columns of the given shards (checked for the schema version)."""
     tables = []
     for f in files:
-        fs, path = io.filesystem(f)
+        fs, path = fsys.filesystem(f)
         pf = pq.ParquetFile(path, filesystem=fs)
         check_version(pf.schema_arrow, f)
         tables.append(pf.read(columns=columns))
@@ -62,7 +62,7 @@ def read_columns(files: list[str], columns: list[str], schema: pa.Schema) -> pa.
 
 def previous_files(previous) -> tuple[dict[str, str], dict[str, str]]:
     """The label shards and the error shards ({logical path: URI} each) of a previous commit
-    (a `pipeline.commit.Commit`, or None for a new output)."""
+    (a `pipeline.record.Commit`, or None for a new output)."""
     if previous is None:
         return {}, {}
     labels = {p: u for p, u in previous.uris().items() if not p.startswith(("_", ".")) and p.endswith(".parquet")}
@@ -130,7 +130,7 @@ def write_outcomes(batch: pa.Table, *, labels_uri: str, errors_uri: str, run_id:
                         "confidence_sum": float(sum(rows["confidence"].to_pylist())),
                         **{f"n_{k}": v for k, v in counts.items()}})
     if labels:
-        io.write_table(pa.concat_tables(labels), io.join(labels_uri, name))
+        fsys.write_table(pa.concat_tables(labels), fsys.join(labels_uri, name))
     if errors:
-        io.write_table(pa.Table.from_pylist(errors, schema=LABEL_ERROR), io.join(errors_uri, name))
+        fsys.write_table(pa.Table.from_pylist(errors, schema=LABEL_ERROR), fsys.join(errors_uri, name))
     return pa.Table.from_pylist(reports, schema=REPORT)

@@ -236,7 +236,7 @@ def run(cfg: PlanConfig, simulate_fn=None) -> dict:
     plan = {"gpu": cfg.gpu.name, "train": plan_train(cfg, cfg.train_preset, simulate_fn),
             "label": plan_label(cfg, cfg.label_preset)}
     if cfg.output:
-        from pipeline import io
+        from pipeline import fsys
 
-        io.write_bytes(io.join(cfg.output, "plan.json"), json.dumps(plan, indent=2, default=float).encode())
+        fsys.write_bytes(fsys.join(cfg.output, "plan.json"), json.dumps(plan, indent=2, default=float).encode())
     return plan

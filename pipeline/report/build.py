@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.config import redacted
 from pipeline.errors import InputNotFound, UserError
 from pipeline.report import load, plots, render, stats
@@ -65,7 +65,7 @@ def make_report(cfg: ReportConfig, run_id: str) -> tuple[dict, dict[str, bytes]]
     unknown = set(cfg.mask.labels) - set(stats.LABELS)
     if unknown:
         raise UserError(f"mask.labels={sorted(unknown)} are not labels (labels are {', '.join(stats.LABELS)})")
-    errors_uri = cfg.label_errors or io.join(cfg.labels, "_errors")
+    errors_uri = cfg.label_errors or fsys.join(cfg.labels, "_errors")
     inputs = {"trajectories": {"uri": cfg.trajectories, "status": "read"},
               "labels": {"uri": cfg.labels, "status": "read"}}
     notes: dict[str, str] = {}

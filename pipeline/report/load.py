@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.schema import LABEL_ERROR, STEP_LABEL, TRAINING_ROW, TRAJECTORY, check_version
 from pipeline.steps import split_steps
 
@@ -24,7 +24,7 @@ METRIC_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 def _open(file_uri: str) -> pq.ParquetFile:
-    fs, path = io.filesystem(file_uri)
+    fs, path = fsys.filesystem(file_uri)
     return pq.ParquetFile(fs.open_input_file(path))
 
 
@@ -71,12 +71,12 @@ def tokenizer_dir(uri: str) -> str:
 
     dest = os.path.join(os.path.expanduser("~/.cache/srft/tokenizers"), hashlib.sha1(uri.encode()).hexdigest()[:16])
     if not os.path.exists(os.path.join(dest, ".complete")):
-        fs, path = io.filesystem(uri)
+        fs, path = fsys.filesystem(uri)
         os.makedirs(dest, exist_ok=True)
         for f in fs.get_file_info(pafs.FileSelector(path)):
             name = posixpath.basename(f.path)
             if f.type == pafs.FileType.File and name in TOKENIZER_FILES:
-                io.write_bytes(os.path.join(dest, name), io.read_bytes(io.join(uri, name)))
+                fsys.write_bytes(os.path.join(dest, name), io.read_bytes(fsys.join(uri, name)))
         open(os.path.join(dest, ".complete"), "w").close()
     return dest
 

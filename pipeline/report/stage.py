@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.commit import Output
 from pipeline.manifest import Stage, run_direct
 from pipeline.report.build import make_report
@@ -27,7 +27,7 @@ def run(cfg: ReportConfig, out: Output | None = None) -> dict:
     staging = out.uri  # this run's version folder; run_stage commits it
     files["report.json"] = json.dumps(report, indent=1, default=str).encode()
     for name, data in files.items():
-        io.write_bytes(io.join(staging, name), data)
+        fsys.write_bytes(fsys.join(staging, name), data)
     d, h, s = report["label_distribution"], report["harmful"], report["sweep"]
     summary = {
         "rows_in": d["total_steps"],  # labelled steps read
@@ -41,16 +41,16 @@ def run(cfg: ReportConfig, out: Output | None = None) -> dict:
         "skipped_sections": report["skipped"],
         "notes": report["notes"],
         "output": cfg.output,
-        "report": io.join(cfg.output, "report.md"),
+        "report": fsys.join(cfg.output, "report.md"),
         "files": sorted([*files, "_summary.json"]),
     }
-    io.write_bytes(io.join(staging, "_summary.json"), json.dumps(summary, indent=2).encode())
+    fsys.write_bytes(fsys.join(staging, "_summary.json"), json.dumps(summary, indent=2).encode())
     return summary
 
 
 def inputs(cfg: ReportConfig) -> dict[str, str | None]:
     return {"trajectories": cfg.trajectories, "labels": cfg.labels,
-            "label_errors": cfg.label_errors or io.join(cfg.labels, "_errors"),
+            "label_errors": cfg.label_errors or fsys.join(cfg.labels, "_errors"),
             "train_rows": cfg.train_rows, "train_metrics": cfg.train_metrics,
             "reference_labels": cfg.reference.labels, "reference_train_rows": cfg.reference.train_rows}
 

@@ -25,7 +25,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.train.model import hf_state_keys
 
 STATE_FILE = "train_state.json"
@@ -41,7 +41,7 @@ def resolved_param_dtype(name: str, on_gpu: bool) -> str:
 
 def local_copy(checkpoint_uri: str) -> str:
     """A local folder holding the checkpoint (the folder itself when it is local)."""
-    fs, path = io.filesystem(checkpoint_uri)
+    fs, path = fsys.filesystem(checkpoint_uri)
     if isinstance(fs, pafs.LocalFileSystem):
         return path
     local = tempfile.mkdtemp(prefix="srft-resume-")
@@ -169,11 +169,11 @@ def export_hf(lm: nn.Module, source_dir: str, output_uri: str, dtype: torch.dtyp
     config["use_cache"] = True
     with open(os.path.join(local, "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
-    staging = io.staging_uri(output_uri, run_id)
-    fs, staging_path = io.filesystem(staging)
+    staging = fsys.staging_uri(output_uri, run_id)
+    fs, staging_path = fsys.filesystem(staging)
     fs.create_dir(staging_path, recursive=True)
     pafs.copy_files(local, staging_path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-    io.publish(staging, output_uri, replace=True)
+    fsys.publish(staging, output_uri, replace=True)
     shutil.rmtree(local, ignore_errors=True)
     if dist.is_initialized():
         dist.barrier()

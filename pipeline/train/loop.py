@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.config import redacted
 from pipeline.progress import Progress
 from pipeline.train import checkpoint as ckpt
@@ -218,7 +218,7 @@ def run(cfg: TrainConfig, source: Source, total_rows: int, reporter: Reporter, c
     temporary = None
     if latest is None and resume_from:
         local = ckpt.local_copy(resume_from)
-        temporary = local if local != io.filesystem(resume_from)[1] else None
+        temporary = local if local != fsys.filesystem(resume_from)[1] else None
         latest = (contextlib.nullcontext(local), resume_from)
     if latest is not None:
         opener, restored_from = latest
@@ -240,7 +240,7 @@ def run(cfg: TrainConfig, source: Source, total_rows: int, reporter: Reporter, c
     if progress:
         progress.done = step
 
-    metrics_uri = io.join(cfg.output, "metrics.jsonl")
+    metrics_uri = fsys.join(cfg.output, "metrics.jsonl")
     started = time.time()
     last = {}
     while step < total:
@@ -281,7 +281,7 @@ def run(cfg: TrainConfig, source: Source, total_rows: int, reporter: Reporter, c
                                                                                                 "eval_targets")}
                                         | ({"eval/loss": last["eval_loss"]} if "eval_loss" in last else {}), step)
                 if save or logged:
-                    io.write_bytes(metrics_uri, "".join(json.dumps(h) + "\n" for h in history).encode())
+                    fsys.write_bytes(metrics_uri, "".join(json.dumps(h) + "\n" for h in history).encode())
             if save:
                 state = {"step": step, "epoch": epoch, "micro_batches_in_epoch": (in_epoch + 1) * t.grad_accum,
                          "scheduler": scheduler.state_dict(), "history": history, "world_size": ctx.world,
@@ -299,7 +299,7 @@ def run(cfg: TrainConfig, source: Source, total_rows: int, reporter: Reporter, c
 
     export_uri = None
     if t.export:
-        export_uri = ckpt.export_hf(model.lm, model_dir, io.join(cfg.output, "hf"), export_dtype(t.export_dtype, config),
+        export_uri = ckpt.export_hf(model.lm, model_dir, fsys.join(cfg.output, "hf"), export_dtype(t.export_dtype, config),
                                     t.export_shard_bytes, run_id)
     evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
     summary = {
@@ -321,6 +321,6 @@ def run(cfg: TrainConfig, source: Source, total_rows: int, reporter: Reporter, c
     if rank0:
         tracker.close()
         # Every attempt writes the whole history (a resumed finished run trains no step at all).
-        io.write_bytes(metrics_uri, "".join(json.dumps(h) + "\n" for h in history).encode())
-        io.write_bytes(io.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2).encode())
+        fsys.write_bytes(metrics_uri, "".join(json.dumps(h) + "\n" for h in history).encode())
+        fsys.write_bytes(fsys.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2).encode())
     return summary

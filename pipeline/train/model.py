@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.train import attention
 from pipeline.train.data import IGNORE, MicroBatch
 
@@ -303,7 +303,7 @@ def local_model_path(uri: str) -> str:
         return uri.removeprefix("file://")
     dest = os.path.join(os.path.expanduser("~/.cache/srft/models"), hashlib.sha1(uri.encode()).hexdigest()[:16])
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and not os.path.exists(os.path.join(dest, ".complete")):
-        fs, path = io.filesystem(uri)
+        fs, path = fsys.filesystem(uri)
         os.makedirs(dest, exist_ok=True)
         pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         open(os.path.join(dest, ".complete"), "w").close()

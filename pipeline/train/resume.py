@@ -36,7 +36,7 @@ import re
 
 import pyarrow.fs as pafs
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.errors import UserError
 from pipeline.runtime import new_run_id
 from pipeline.train.checkpoint import STATE_FILE, resolved_param_dtype
@@ -53,23 +53,23 @@ def files_fingerprint(uri: str, suffixes: tuple[str, ...] | None = None) -> str:
         files = _all_files(uri)
     else:
         files = io.list_files(uri, suffixes)
-    fs, root = io.filesystem(uri)
+    fs, root = fsys.filesystem(uri)
     h = hashlib.sha256()
     for f in sorted(files):
-        info = fs.get_file_info(io.filesystem(f)[1])
+        info = fs.get_file_info(fsys.filesystem(f)[1])
         rel = posixpath.relpath(info.path, root) if info.path != root else posixpath.basename(root)
         h.update(f"{rel}\t{info.size}\t{info.mtime_ns}\n".encode())
     return h.hexdigest()
 
 
 def _all_files(uri: str) -> list[str]:
-    fs, path = io.filesystem(uri)
+    fs, path = fsys.filesystem(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
         return [uri]
     if info.type == pafs.FileType.NotFound:
         return []
-    return [io.display(fs, f.path) if "://" in uri else f.path
+    return [fsys.display(fs, f.path) if "://" in uri else f.path
             for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
             if f.type == pafs.FileType.File and not posixpath.basename(f.path).startswith(".")]
 
@@ -105,33 +105,33 @@ _CHECKPOINT = re.compile(r"^checkpoint-step(\d+)$")
 
 def checkpoints(run_uri: str) -> list[tuple[int, str]]:
     """(step, URI) of the checkpoints in a run folder that have their train_state.json, by step."""
-    fs, path = io.filesystem(run_uri)
+    fs, path = fsys.filesystem(run_uri)
     found = []
     for f in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
         m = _CHECKPOINT.match(posixpath.basename(f.path))
         if f.type == pafs.FileType.Directory and m and \
                 fs.get_file_info(posixpath.join(f.path, STATE_FILE)).type == pafs.FileType.File:
-            found.append((int(m.group(1)), io.join(run_uri, posixpath.basename(f.path))))
+            found.append((int(m.group(1)), fsys.join(run_uri, posixpath.basename(f.path))))
     return sorted(found)
 
 
 def checkpoint_identity(checkpoint_uri: str) -> dict | None:
     """The identity recorded in a checkpoint's train_state.json (None for older checkpoints)."""
-    state = json.loads(io.read_bytes(io.join(checkpoint_uri, STATE_FILE)))
+    state = json.loads(io.read_bytes(fsys.join(checkpoint_uri, STATE_FILE)))
     return state.get("identity")
 
 
 def find_run(storage_uri: str, identity: str) -> tuple[str, str, int] | None:
     """The newest run folder under `storage_uri` of this identity that holds a checkpoint:
     (run folder name, its latest checkpoint URI, that checkpoint's step), or None."""
-    fs, path = io.filesystem(storage_uri)
+    fs, path = fsys.filesystem(storage_uri)
     candidates = []
     for f in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
         m = _RUN_FOLDER.match(posixpath.basename(f.path))
         if f.type == pafs.FileType.Directory and m and identity.startswith(m.group("id")):
             candidates.append((m.group("started"), posixpath.basename(f.path)))
     for _, name in sorted(candidates, reverse=True):
-        found = checkpoints(io.join(storage_uri, name))
+        found = checkpoints(fsys.join(storage_uri, name))
         if found and (checkpoint_identity(found[-1][1]) or {}).get("identity") == identity:
             step, uri = found[-1]
             return name, uri, step
@@ -150,11 +150,11 @@ def plan_resume(cfg: TrainConfig, storage_uri: str, identity: dict) -> dict:
     plan = {"mode": cfg.resume, "identity": ident, "run_name": fresh, "resumed": False, "from": None,
             "from_step": None}
     if cfg.resume_from:
-        uri = io.absolute(cfg.resume_from)
-        if not io.exists(io.join(uri, STATE_FILE)):
+        uri = fsys.absolute(cfg.resume_from)
+        if not io.exists(fsys.join(uri, STATE_FILE)):
             raise UserError(f"resume_from={cfg.resume_from}: no checkpoint there (no {STATE_FILE}); "
                             "point it at a checkpoint-stepNNNNNNN folder")
-        state = json.loads(io.read_bytes(io.join(uri, STATE_FILE)))
+        state = json.loads(io.read_bytes(fsys.join(uri, STATE_FILE)))
         theirs = state.get("identity") or {}
         differs = [k for k in ("data", "model", "config") if theirs.get(k) != identity[k]]
         plan.update(mode="resume_from", resumed=True, resume_from=uri, **{"from": uri},
@@ -170,9 +170,9 @@ def plan_resume(cfg: TrainConfig, storage_uri: str, identity: dict) -> dict:
             raise UserError(f"resume=must: no run of this identity ({ident[:16]}: same data, model and training "
                             f"config) with a checkpoint under {storage_uri}; use resume=auto to start one")
     # Not resumed: say which runs of other identities were left alone.
-    fs, path = io.filesystem(storage_uri)
+    fs, path = fsys.filesystem(storage_uri)
     others = sorted(posixpath.basename(f.path) for f in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
                     if f.type == pafs.FileType.Directory and ident[:16] not in posixpath.basename(f.path)
-                    and checkpoints(io.join(storage_uri, posixpath.basename(f.path))))
+                    and checkpoints(fsys.join(storage_uri, posixpath.basename(f.path))))
     plan["other_runs_not_resumed"] = others[-10:]
     return plan

@@ -24,7 +24,7 @@ import ray.train
 import ray.train.torch
 from omegaconf import OmegaConf
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.commit import Output
 from pipeline.config import redacted
 from pipeline.errors import UserError
@@ -42,16 +42,16 @@ def read_rows(uri: str) -> ray.data.Dataset:
     files = io.list_files(uri, (".parquet",))  # fails at once on a missing input
     if not files:
         raise FileNotFoundError(f"data {uri!r} holds no .parquet files")
-    fs, _ = io.filesystem(uri)
-    paths = [io.filesystem(f)[1] for f in files]
+    fs, _ = fsys.filesystem(uri)
+    paths = [fsys.filesystem(f)[1] for f in files]
     return ray.data.read_parquet(paths, filesystem=fs, schema=TRAINING_ROW, columns=COLUMNS)
 
 
 def storage(cfg: TrainConfig) -> tuple[str, object]:
     """RunConfig(storage_path, storage_filesystem): an explicit pyarrow filesystem, so a custom S3
     endpoint (AWS_ENDPOINT_URL) reaches Ray Train's checkpoint uploads too."""
-    uri = cfg.checkpoint_storage or io.join(cfg.output, "_checkpoints")
-    fs, path = io.filesystem(uri)
+    uri = cfg.checkpoint_storage or fsys.join(cfg.output, "_checkpoints")
+    fs, path = fsys.filesystem(uri)
     fs.create_dir(path, recursive=True)
     return path, fs
 
@@ -62,9 +62,9 @@ def eval_rows(cfg: TrainConfig, ds: ray.data.Dataset) -> tuple[ray.data.Dataset,
     t = cfg.train
     if t.eval_fraction > 0:
         fraction = t.eval_fraction
-        fs, _ = io.filesystem(cfg.data)
+        fs, _ = fsys.filesystem(cfg.data)
         n_eval = sum(held_out(ids, fraction) for f in io.list_files(cfg.data, (".parquet",))
-                     for ids in pq.read_table(io.filesystem(f)[1], filesystem=fs, columns=["traj_ids"])
+                     for ids in pq.read_table(fsys.filesystem(f)[1], filesystem=fs, columns=["traj_ids"])
                      .column("traj_ids").to_pylist())
         train = ds.filter(lambda row: not held_out(list(row["traj_ids"]), fraction))
         held = ds.filter(lambda row: held_out(list(row["traj_ids"]), fraction))
@@ -86,12 +86,12 @@ def run(cfg: TrainConfig, out: Output | None = None) -> dict:
     # Train workers do not run in this working directory.
     # Workers write metrics, the export and _summary.json into this run's version folder (out.uri,
     # absolute; run_stage commits it). Checkpoints live beside the versions, across runs.
-    cfg = dataclasses.replace(cfg, data=io.absolute(cfg.data), model=io.absolute(cfg.model),
+    cfg = dataclasses.replace(cfg, data=fsys.absolute(cfg.data), model=fsys.absolute(cfg.model),
                               output=out.uri,
-                              checkpoint_storage=io.absolute(cfg.checkpoint_storage or io.join(cfg.output, "_checkpoints")))
+                              checkpoint_storage=fsys.absolute(cfg.checkpoint_storage or fsys.join(cfg.output, "_checkpoints")))
     cfg.validate()
-    cfg = dataclasses.replace(cfg, resume_from=cfg.resume_from and io.absolute(cfg.resume_from),
-                              eval_data=cfg.eval_data and io.absolute(cfg.eval_data))
+    cfg = dataclasses.replace(cfg, resume_from=cfg.resume_from and fsys.absolute(cfg.resume_from),
+                              eval_data=cfg.eval_data and fsys.absolute(cfg.eval_data))
     tracking.check(cfg, cfg.checkpoint_storage)
     cfg = dataclasses.replace(cfg, tracking_uri=tracking.default_uri(cfg, cfg.checkpoint_storage))
     run_id = new_run_id()
@@ -134,7 +134,7 @@ def run(cfg: TrainConfig, out: Output | None = None) -> dict:
         dataset_config=ray.train.DataConfig(execution_options=exec_options),
     )
     result = trainer.fit()
-    summary = json.loads(io.read_bytes(io.join(cfg.output, "_summary.json")))
+    summary = json.loads(io.read_bytes(fsys.join(cfg.output, "_summary.json")))
     summary.update({
         "rows_out": summary["rows_per_rank"] * s.num_workers,  # rows used per epoch (equal split)
         "planned_steps": steps,

@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.config import load_config
 from pipeline.runtime import new_run_id
 from pipeline.train import checkpoint as ckpt
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> dict:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     ctx = dist_context()
     t = cfg.train
-    storage = cfg.checkpoint_storage or io.join(cfg.output, "_checkpoints")
+    storage = cfg.checkpoint_storage or fsys.join(cfg.output, "_checkpoints")
     plan = [None]
     if ctx.rank == 0:
         identity = run_identity(cfg)

@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,11 @@ def default_uri(cfg, storage: str) -> str | None:
     """Where the backend writes when tracking_uri is not set: beside the run folders in the
     checkpoint storage, which outlives the output's versions (`pipeline/commit.py`)."""
     if cfg.tracking_uri:
-        return io.absolute(cfg.tracking_uri) if "://" not in cfg.tracking_uri else cfg.tracking_uri
+        return fsys.absolute(cfg.tracking_uri) if "://" not in cfg.tracking_uri else cfg.tracking_uri
     if cfg.tracking == "mlflow":
-        return os.environ.get("MLFLOW_TRACKING_URI") or io.join(storage, "mlruns")
+        return os.environ.get("MLFLOW_TRACKING_URI") or fsys.join(storage, "mlruns")
     if cfg.tracking == "tensorboard":
-        return io.join(storage, "tensorboard")
+        return fsys.join(storage, "tensorboard")
     return None
 
 
@@ -133,7 +133,7 @@ class TensorboardTracker(Tracker):
         from torch.utils.tensorboard import SummaryWriter
 
         self.remote = None
-        target = io.join(logdir, run_name)
+        target = fsys.join(logdir, run_name)
         if urlparse(target).scheme not in ("", "file"):
             self.remote, local = target, tempfile.mkdtemp(prefix="srft-tb-")
         else:
@@ -152,7 +152,7 @@ class TensorboardTracker(Tracker):
     def sync(self) -> None:
         self.writer.flush()
         if self.remote:
-            fs, path = io.filesystem(self.remote)
+            fs, path = fsys.filesystem(self.remote)
             fs.create_dir(path, recursive=True)
             pafs.copy_files(self.local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 

@@ -10,9 +10,9 @@ import re
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.build.config import BuildConfig, MaskConfig, PackConfig
-from pipeline.commit import read_commit
+from pipeline.record import read_commit
 from pipeline.schema import BUILD_ERROR, TRAINING_ROW, TRAJECTORY
 
 from .conftest import labels_table
@@ -41,9 +41,9 @@ def test_two_builds_give_identical_rows(ray_session, real_rows, builder, tmp_pat
             docs.append({**r, "traj_id": f"{r['traj_id']}#{copy}", "resolved": (k + copy) % 3 != 0})
     for i, d in enumerate(docs):
         table = pa.Table.from_pylist([{k: d.get(k) for k in TRAJECTORY.names}], schema=TRAJECTORY)
-        io.write_table(table, str(tmp_path / "traj" / f"{i:03d}.parquet"))
-    io.write_table(labels_table({d["traj_id"]: d["num_steps"] for d in docs if not d["resolved"]}),
-                   str(tmp_path / "labels" / "part-0.parquet"))
+        fsys.write_table(table, str(tmp_path / "traj" / f"{i:03d}.parquet"))
+    fsys.write_table(labels_table({d["traj_id"]: d["num_steps"] for d in docs if not d["resolved"]}),
+                     str(tmp_path / "labels" / "part-0.parquet"))
     outs = []
     for n in range(2):
         cfg = BuildConfig(
@@ -57,7 +57,7 @@ def test_two_builds_give_identical_rows(ray_session, real_rows, builder, tmp_pat
         assert summary["documents_out"] >= 6 and summary["rows_out"] >= 3
         digest, table = shard_digest(cfg.output, TRAINING_ROW)
         errors = io.read_table(f"{cfg.output}/_excluded", BUILD_ERROR).to_pylist()
-        files = [io.read_bytes_physical(f) for f in io.list_files(cfg.output, (".parquet",))]
+        files = [fsys.read_bytes(f) for f in io.list_files(cfg.output, (".parquet",))]
         outs.append((digest, table, errors, {k: v for k, v in summary.items() if k not in ("run_id", "config")},
                      files))
     (d0, t0, e0, s0, f0), (d1, t1, e1, s1, f1) = outs

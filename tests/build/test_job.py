@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import io, tables
+from pipeline import fsys, io, tables
 from pipeline.build.builder import Built, Conversation
 from pipeline.build.config import BuildConfig, MaskConfig, PackConfig
 from pipeline.build.packing import unpack_row
@@ -32,9 +32,9 @@ def inputs(real_rows, tmp_path_factory):
     labelled = {r["traj_id"]: r["num_steps"] for r in unresolved[:-1]}
     root = tmp_path_factory.mktemp("build")
     table = pa.Table.from_pylist([{k: r[k] for k in TRAJECTORY.names} for r in rows], schema=TRAJECTORY)
-    io.write_table(table.slice(0, 4), str(root / "traj" / "a.parquet"))
-    io.write_table(table.slice(4), str(root / "traj" / "b.parquet"))
-    io.write_table(labels_table(labelled), str(root / "labels" / "part-0.parquet"))
+    fsys.write_table(table.slice(0, 4), str(root / "traj" / "a.parquet"))
+    fsys.write_table(table.slice(4), str(root / "traj" / "b.parquet"))
+    fsys.write_table(labels_table(labelled), str(root / "labels" / "part-0.parquet"))
     return root, rows, labelled, unresolved[-1]["traj_id"]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.build.builder import Built, Conversation
 from pipeline.build.packing import unpack_row
 from pipeline.schema import BUILD_ERROR, TRAINING_ROW, TRAJECTORY
@@ -24,8 +24,8 @@ def test_defaults_on_ingested_shared_data(ray_session, shared_data, builder, tmp
     unknown = [t for t in trajs if t["resolved"] is None]
     assert len(trajs) >= 6 and len(unknown) >= 3  # SWE-smith rows are resolved, .traj files unknown
     # Step labels for every trajectory not known to be resolved (what label does by default).
-    io.write_table(labels_table({t["traj_id"]: t["num_steps"] for t in trajs if t["resolved"] is not True}),
-                   str(tmp_path / "labels" / "part-0.parquet"))
+    fsys.write_table(labels_table({t["traj_id"]: t["num_steps"] for t in trajs if t["resolved"] is not True}),
+                     str(tmp_path / "labels" / "part-0.parquet"))
 
     out = tmp_path / "train_rows"
     s = build([f"trajectories={tmp_path / 'trajectories'}", f"labels={tmp_path / 'labels'}", f"output={out}",

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.errors import StageFailed, UserError
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.stage import STAGE
@@ -30,7 +30,7 @@ def run(cfg: IngestConfig) -> dict:
 def _ingest(tmp_path, **kw) -> tuple[dict, pa.Table, pa.Table]:
     out = str(tmp_path / "out")
     summary = run(IngestConfig(output=out, **kw))
-    return summary, io.read_table(out, TRAJECTORY), io.read_table(io.join(out, "_quarantine"), QUARANTINE)
+    return summary, io.read_table(out, TRAJECTORY), io.read_table(fsys.join(out, "_quarantine"), QUARANTINE)
 
 
 def test_real_shared_data(ray_session, shared_data, tmp_path):
@@ -260,13 +260,13 @@ def test_rerun_replaces_output_and_leaves_no_staging(ray_session, tmp_path):
 def test_s3_round_trip(ray_session, s3_bucket, tmp_path):
     for f in sorted((SAMPLE / "trajectories").rglob("*")) + sorted((SAMPLE / "reports").rglob("*")):
         if f.is_file():
-            io.write_bytes(io.join(s3_bucket, "in", str(f.relative_to(SAMPLE))), f.read_bytes())
-    out = io.join(s3_bucket, "ingested")
+            fsys.write_bytes(fsys.join(s3_bucket, "in", str(f.relative_to(SAMPLE))), f.read_bytes())
+    out = fsys.join(s3_bucket, "ingested")
     summary = run(IngestConfig(
-        input=io.join(s3_bucket, "in", "trajectories"), resolution=io.join(s3_bucket, "in", "reports"), output=out
+        input=fsys.join(s3_bucket, "in", "trajectories"), resolution=fsys.join(s3_bucket, "in", "reports"), output=out
     ))
     traj = io.read_table(out, TRAJECTORY)
     assert summary["rows_out"] == traj.num_rows == 6
     assert all(r["source"].startswith(s3_bucket + "/in/") for r in traj.to_pylist())
     assert {r["instance_id"]: r["resolved"] for r in traj.to_pylist()}["sample__textkit-2"] is True
-    assert io.exists(io.join(out, "_summary.json"))
+    assert io.exists(fsys.join(out, "_summary.json"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.build.config import BuildConfig, MaskConfig, PackConfig
 from pipeline.errors import UserError
 from pipeline.inspect.config import InspectConfig
@@ -56,9 +56,9 @@ def built(ray_session, qwen_tokenizer_path, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("inspect")
     trajs = [trajectory("solved", True), trajectory("failed", False), trajectory("unknown", None)]
-    io.write_table(pa.Table.from_pylist(trajs, schema=TRAJECTORY), str(root / "traj" / "part-0.parquet"))
+    fsys.write_table(pa.Table.from_pylist(trajs, schema=TRAJECTORY), str(root / "traj" / "part-0.parquet"))
     labels = label_rows("failed") + label_rows("unknown")
-    io.write_table(pa.Table.from_pylist(labels, schema=STEP_LABEL), str(root / "labels" / "part-0.parquet"))
+    fsys.write_table(pa.Table.from_pylist(labels, schema=STEP_LABEL), str(root / "labels" / "part-0.parquet"))
     cfg = BuildConfig(trajectories=str(root / "traj"), labels=str(root / "labels"), output=str(root / "rows"),
                       model=str(qwen_tokenizer_path), recipe="srft_mix", mask=MaskConfig(threshold=0.9),
                       pack=PackConfig(seq_len=4096), batch_size=4, num_workers=1)
@@ -138,8 +138,8 @@ def test_changed_labels_are_not_trusted(built, tmp_path):
 
     root, _ = built
     labels = tmp_path / "labels"
-    io.write_table(pa.Table.from_pylist(label_rows("failed", "r2", flip=True), schema=STEP_LABEL),
-                   str(labels / "part-0.parquet"))
+    fsys.write_table(pa.Table.from_pylist(label_rows("failed", "r2", flip=True), schema=STEP_LABEL),
+                     str(labels / "part-0.parquet"))
     insp = inspect_document(InspectConfig(rows=str(root / "rows"), traj_id="failed", labels=str(labels)))
     assert not insp.verified and "labels changed" in insp.note and not insp.steps
     assert insp.counts()["masked"] == 0 and insp.counts()["trained"] == int(insp.loss_mask.sum())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.label.config import CriticConfig, OpenAIConfig, PoolConfig
 from pipeline.schema import TRAJECTORY
 
@@ -27,7 +27,7 @@ def trajectory(traj_id: str, num_steps: int, resolved: bool | None = False, obs:
 
 
 def write_trajectories(rows: list[dict], uri: str, name: str = "part-0.parquet") -> str:
-    io.write_table(pa.Table.from_pylist(rows, schema=TRAJECTORY), io.join(uri, name))
+    fsys.write_table(pa.Table.from_pylist(rows, schema=TRAJECTORY), fsys.join(uri, name))
     return uri
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.commit import open_output
 from pipeline.errors import UserError
 from pipeline.label import eval_critic
@@ -44,7 +44,7 @@ def _seed_label(out: str, traj_id: str, steps: int, critic_model: str, prompt_ve
              "critic_model": critic_model, "prompt_version": prompt_version, "num_samples": 1,
              "run_id": "earlier", "prompt_tokens": 1, "completion_tokens": 1} for k in range(steps)]
     with open_output("label", out) as o:
-        io.write_table(pa.Table.from_pylist(rows, schema=STEP_LABEL), io.join(o.uri, "part-earlier-00000.parquet"))
+        fsys.write_table(pa.Table.from_pylist(rows, schema=STEP_LABEL), fsys.join(o.uri, "part-earlier-00000.parquet"))
         o.commit("partial")
 
 
@@ -76,9 +76,9 @@ def test_label_resume_and_eval(ray_session, tiny_qwen2_path, traj_input, tmp_pat
     assert all(0.0 <= c <= 1.0 for c in t["confidence"].to_pylist())
     assert set(t["prompt_version"].to_pylist()) == {PROMPT_VERSION}
     assert all(n == 1 for n in t["num_samples"].to_pylist()) and all(p > 0 for p in t["prompt_tokens"].to_pylist())
-    errs = io.read_table(io.join(out, "_errors"), LABEL_ERROR)
+    errs = io.read_table(fsys.join(out, "_errors"), LABEL_ERROR)
     assert errs.num_rows == s["trajectories_errored"] and "nosteps" not in errs["traj_id"].to_pylist()
-    assert io.exists(io.join(out, "_summary.json"))
+    assert io.exists(fsys.join(out, "_summary.json"))
 
     # Re-run without retrying errors: idempotent, nothing selected, so no engine starts
     cfg.retry_errors = False
@@ -86,7 +86,7 @@ def test_label_resume_and_eval(ray_session, tiny_qwen2_path, traj_input, tmp_pat
     assert again["trajectories_selected"] == 0 and again["skipped_already_labelled"] == len(labelled)
     assert again["skipped_previous_error"] == s["trajectories_errored"]
     assert io.read_table(out, STEP_LABEL).num_rows == t.num_rows
-    assert io.read_table(io.join(out, "_errors"), LABEL_ERROR).num_rows == errs.num_rows
+    assert io.read_table(fsys.join(out, "_errors"), LABEL_ERROR).num_rows == errs.num_rows
 
     # Selection only (limit=0: nothing runs): errors are retried by default, label_resolved adds r0
     cfg.retry_errors, cfg.limit, cfg.critic.label_resolved = True, 0, True

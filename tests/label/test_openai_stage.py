@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import io
-from pipeline.commit import read_commit
+from pipeline import fsys, io
 from pipeline.errors import StageFailed, UserError
 from pipeline.label import stage as label
 from pipeline.label.config import CriticConfig, LabelConfig, OpenAIConfig
+from pipeline.record import read_commit
 from pipeline.schema import LABEL_ERROR, LABELS, STEP_LABEL, TRAJECTORY
 from tests.label.fake_critic import FakeCritic
 from tests.label.helpers import KEY_ENV, http_critic, trajectory, write_trajectories
@@ -64,7 +64,7 @@ def test_misbehaving_critic_never_kills_the_job(ray_session, qwen_tokenizer_path
     assert s["trajectories_selected"] == len(rows)
     assert s["trajectories_labelled"] + s["trajectories_errored"] == len(rows)
     t = io.read_table(out, STEP_LABEL)
-    errs = io.read_table(io.join(out, "_errors"), LABEL_ERROR)
+    errs = io.read_table(fsys.join(out, "_errors"), LABEL_ERROR)
     ended = {tid: "labelled" for tid in t["traj_id"].to_pylist()}
     for tid, reason in zip(errs["traj_id"].to_pylist(), errs["reason"].to_pylist()):
         assert tid not in ended, f"{tid} both labelled and errored"
@@ -128,7 +128,7 @@ def test_too_many_errors_fail_the_run_after_committing(ray_session, qwen_tokeniz
     # what the run did is committed: the good trajectory's labels and the three error rows
     t = io.read_table(out, STEP_LABEL)
     assert set(t["traj_id"].to_pylist()) == {"good.0"} and t.num_rows == 2
-    assert io.read_table(io.join(out, "_errors"), LABEL_ERROR).num_rows == 3
+    assert io.read_table(fsys.join(out, "_errors"), LABEL_ERROR).num_rows == 3
 
 
 def test_second_run_into_an_output_in_use_is_refused(ray_session, qwen_tokenizer_path, key, tmp_path):

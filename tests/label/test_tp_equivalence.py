@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.label import stage as label
 from pipeline.label.config import LabelConfig
 from pipeline.schema import LABEL_ERROR, STEP_LABEL
@@ -19,7 +19,7 @@ def _labels(out: str) -> tuple[list, list]:
     t = io.read_table(out, STEP_LABEL)
     rows = sorted(zip(t["traj_id"].to_pylist(), t["step"].to_pylist(), t["label"].to_pylist(),
                       t["confidence"].to_pylist(), t["reason"].to_pylist(), t["completion_tokens"].to_pylist()))
-    e = io.read_table(io.join(out, "_errors"), LABEL_ERROR)
+    e = io.read_table(fsys.join(out, "_errors"), LABEL_ERROR)
     return rows, sorted(zip(e["traj_id"].to_pylist(), e["reason"].to_pylist()))
 
 

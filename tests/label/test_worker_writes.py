@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import io, tables
+from pipeline import fsys, io, tables
 from pipeline.commit import open_output
 from pipeline.label import stage as label
 from pipeline.label.config import LabelConfig
@@ -29,7 +29,7 @@ SELECT_DEFAULTS = {"unknown_outcome": "unresolved", "label_resolved": False, "re
 def write_groups(uri: str, groups: list[list[dict]]) -> str:
     """One file per element of `groups`, each of row groups of 2 rows."""
     for i, rows in enumerate(groups):
-        fs, path = io.filesystem(io.join(uri, f"part-{i}.parquet"))
+        fs, path = fsys.filesystem(fsys.join(uri, f"part-{i}.parquet"))
         fs.create_dir(str(Path(path).parent), recursive=True)
         pq.write_table(pa.Table.from_pylist(rows, schema=TRAJECTORY), path, row_group_size=2)
     return uri
@@ -120,8 +120,8 @@ def test_a_commit_takes_only_the_admitted_files(tmp_path):
                                   "critic_model": "m", "prompt_version": "p", "num_samples": 1, "run_id": "r",
                                   "prompt_tokens": 1, "completion_tokens": 1}], schema=STEP_LABEL)
     with open_output("label", root) as o:
-        io.write_table(rows, io.join(o.uri, "part-reported.parquet"))
-        io.write_table(rows, io.join(o.uri, "part-lost.parquet"))  # its task's report never came back
+        fsys.write_table(rows, fsys.join(o.uri, "part-reported.parquet"))
+        fsys.write_table(rows, fsys.join(o.uri, "part-lost.parquet"))  # its task's report never came back
         o.admit = lambda logical: logical != "part-lost.parquet"
         m = o.commit("complete")
     assert list(m["commit"]["files"]) == ["part-reported.parquet"]
@@ -154,4 +154,4 @@ def test_duplicated_ids_are_labelled_once_and_the_driver_sees_reports_only(
     assert sorted(p for p in manifest["commit"]["files"] if p.endswith(".parquet")) == s["label_shards"]
     assert len(s["label_shards"]) == 2  # one file per critic batch of 2
     assert tables.read(out).num_rows == 8  # the Delta table names the same files
-    assert io.read_table(io.join(out, "_errors"), LABEL_ERROR).num_rows == 0
+    assert io.read_table(fsys.join(out, "_errors"), LABEL_ERROR).num_rows == 0

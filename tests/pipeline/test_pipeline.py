@@ -7,7 +7,7 @@ import json
 import pytest
 
 from jobs import pipeline
-from pipeline import driver, io
+from pipeline import driver, fsys, io
 from pipeline.errors import UserError
 from pipeline.schema import STEP_LABEL, TRAINING_ROW, TRAJECTORY
 from tests.conftest import SAMPLE
@@ -44,22 +44,22 @@ def test_a_bad_value_in_a_stage_names_the_key_as_typed(tmp_path):
 
 
 def _check_run(root: str) -> None:
-    manifests = {s: json.loads(io.read_bytes(io.join(root, d, "_manifest.json"))) for s, d in [
+    manifests = {s: json.loads(io.read_bytes(fsys.join(root, d, "_manifest.json"))) for s, d in [
         ("ingest", "trajectories"), ("label", "labels"), ("build", "train_rows"), ("train", "train"),
         ("report", "report")]}
     assert all(m["status"] == "complete" for m in manifests.values())
-    traj = io.read_table(io.join(root, "trajectories"), TRAJECTORY)
-    labels = io.read_table(io.join(root, "labels"), STEP_LABEL)
-    rows = io.read_table(io.join(root, "train_rows"), TRAINING_ROW)
+    traj = io.read_table(fsys.join(root, "trajectories"), TRAJECTORY)
+    labels = io.read_table(fsys.join(root, "labels"), STEP_LABEL)
+    rows = io.read_table(fsys.join(root, "train_rows"), TRAINING_ROW)
     assert traj.num_rows == 6 and rows.num_rows > 0
     unresolved = {r["traj_id"]: r["num_steps"] for r in traj.to_pylist() if r["resolved"] is False}
     labelled = set(labels["traj_id"].to_pylist())
     assert labelled <= set(unresolved)
-    assert io.exists(io.join(root, "train", "hf", "config.json"))
-    assert io.exists(io.join(root, "report", "report.md"))
+    assert io.exists(fsys.join(root, "train", "hf", "config.json"))
+    assert io.exists(fsys.join(root, "report", "report.md"))
     # The report links the mask inspector's page of a built document.
-    assert "[inspect.html](inspect.html)" in io.read_bytes(io.join(root, "report", "report.md")).decode()
-    assert b"masked" in io.read_bytes(io.join(root, "report", "inspect.html"))
+    assert "[inspect.html](inspect.html)" in io.read_bytes(fsys.join(root, "report", "report.md")).decode()
+    assert b"masked" in io.read_bytes(fsys.join(root, "report", "inspect.html"))
     for m in manifests.values():
         assert "testing-secret" not in json.dumps(m)
 
@@ -69,8 +69,8 @@ def test_whole_pipeline_on_s3(ray_session, s3_bucket, tiny_qwen2_path):
     """Input, every intermediate and the checkpoints on a real (moto) S3 endpoint."""
     for f in sorted(SAMPLE.rglob("*")):
         if f.is_file() and ("trajectories" in f.parts or "reports" in f.parts):
-            io.write_bytes(io.join(s3_bucket, "sample", str(f.relative_to(SAMPLE))), f.read_bytes())
-    root = io.join(s3_bucket, "run")
+            fsys.write_bytes(fsys.join(s3_bucket, "sample", str(f.relative_to(SAMPLE))), f.read_bytes())
+    root = fsys.join(s3_bucket, "run")
     pipeline.main([
         f"root={root}",
         f"ingest.input={s3_bucket}/sample/trajectories", f"ingest.resolution={s3_bucket}/sample/reports",
@@ -78,7 +78,7 @@ def test_whole_pipeline_on_s3(ray_session, s3_bucket, tiny_qwen2_path):
         f"label.critic.model={tiny_qwen2_path}", f"train.model={tiny_qwen2_path}",
     ])
     _check_run(root)
-    assert io.list_files(io.join(root, "train", "_checkpoints"), ("",))  # DCP shards on S3
+    assert io.list_files(fsys.join(root, "train", "_checkpoints"), ("",))  # DCP shards on S3
 
 
 @pytest.mark.slow

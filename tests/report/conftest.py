@@ -18,7 +18,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.schema import LABEL_ERROR, STEP_LABEL, TRAINING_ROW, TRAJECTORY
 
 TRAJ = {
@@ -61,8 +61,8 @@ def write_fixture(root: str) -> dict[str, str]:
             "num_steps": len(sizes), "num_messages": len(msgs), "unrecorded_final_action": None,
         })
     # two shards, to read more than one file
-    io.write_table(pa.Table.from_pylist(traj_rows[:2], schema=TRAJECTORY), io.join(root, "traj", "part-0.parquet"))
-    io.write_table(pa.Table.from_pylist(traj_rows[2:], schema=TRAJECTORY), io.join(root, "traj", "part-1.parquet"))
+    fsys.write_table(pa.Table.from_pylist(traj_rows[:2], schema=TRAJECTORY), fsys.join(root, "traj", "part-0.parquet"))
+    fsys.write_table(pa.Table.from_pylist(traj_rows[2:], schema=TRAJECTORY), fsys.join(root, "traj", "part-1.parquet"))
 
     base = {"reason": "r", "critic_model": "Qwen/critic", "prompt_version": "v1", "num_samples": 1}
     labels = []
@@ -74,11 +74,11 @@ def write_fixture(root: str) -> dict[str, str]:
     # an older run's label for t1 step 0, superseded by the newer one
     labels.append({**base, "traj_id": "t1", "step": 0, "label": "mistake", "confidence": 0.99,
                    "run_id": "20261122T090000-aaaaaa", "prompt_tokens": 1200, "completion_tokens": 160})
-    io.write_table(pa.Table.from_pylist(labels, schema=STEP_LABEL), io.join(root, "labels", "part-0.parquet"))
+    fsys.write_table(pa.Table.from_pylist(labels, schema=STEP_LABEL), fsys.join(root, "labels", "part-0.parquet"))
     errors = [{"traj_id": t, "reason": r, "detail": "d", "attempts": a, "critic_model": "Qwen/critic",
                "prompt_version": "v1", "run_id": "20261123T090000-bbbbbb"} for t, r, a in ERRORS]
-    io.write_table(pa.Table.from_pylist(errors, schema=LABEL_ERROR),
-                   io.join(root, "labels", "_errors", "part-0.parquet"))
+    fsys.write_table(pa.Table.from_pylist(errors, schema=LABEL_ERROR),
+                     fsys.join(root, "labels", "_errors", "part-0.parquet"))
 
     def row(recipe, n, trained, masked, tids):
         return {"input_ids": list(range(n)), "loss_mask": [0] * n, "position_ids": list(range(n)),
@@ -86,20 +86,20 @@ def write_fixture(root: str) -> dict[str, str]:
                 "num_trained_tokens": trained, "num_masked_tokens": masked}
     rows = [row("srft", 1000, 600, 100, ["t1", "t2"]), row("srft", 500, 300, 50, ["t3"]),
             row("rft", 400, 250, 0, ["t1"])]
-    io.write_table(pa.Table.from_pylist(rows, schema=TRAINING_ROW), io.join(root, "train_rows", "part-0.parquet"))
+    fsys.write_table(pa.Table.from_pylist(rows, schema=TRAINING_ROW), fsys.join(root, "train_rows", "part-0.parquet"))
 
     metrics = []
     for step, loss in enumerate([2.0, 1.8, 1.5, 1.4, 1.2], 1):
         for rank, delta in ((0, 0.1), (1, -0.1)):  # one row per rank: the report averages them
             metrics.append({"step": step, "rank": rank, "loss": loss + delta, "lr": 5e-5})
-    io.write_bytes(io.join(root, "train", "metrics.jsonl"),
-                   "\n".join(json.dumps(m) for m in metrics).encode() + b"\n")
+    fsys.write_bytes(fsys.join(root, "train", "metrics.jsonl"),
+                     "\n".join(json.dumps(m) for m in metrics).encode() + b"\n")
     return {
-        "trajectories": io.join(root, "traj"),
-        "labels": io.join(root, "labels"),
-        "train_rows": io.join(root, "train_rows"),
-        "train_metrics": io.join(root, "train", "metrics.jsonl"),
-        "output": io.join(root, "report"),
+        "trajectories": fsys.join(root, "traj"),
+        "labels": fsys.join(root, "labels"),
+        "train_rows": fsys.join(root, "train_rows"),
+        "train_metrics": fsys.join(root, "train", "metrics.jsonl"),
+        "output": fsys.join(root, "report"),
     }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline import commit, io
+from pipeline import fsys, record
 from pipeline.errors import UserError
 from pipeline.schema import STEP_LABEL, TRAJECTORY
 
@@ -37,11 +37,11 @@ def builds(ray_session, qwen_tokenizer_path, tmp_path_factory):
     from pipeline.build.stage import run as build
 
     root = tmp_path_factory.mktemp("reference")
-    io.write_table(pa.Table.from_pylist([trajectory("t1")], schema=TRAJECTORY), str(root / "traj" / "part-0.parquet"))
+    fsys.write_table(pa.Table.from_pylist([trajectory("t1")], schema=TRAJECTORY), str(root / "traj" / "part-0.parquet"))
     critic = [{"traj_id": "t1", "step": s, "label": "good", "confidence": 0.8, "reason": "fine",
                "critic_model": "smollm2", "prompt_version": "v", "num_samples": 3, "run_id": "r1",
                "prompt_tokens": 1, "completion_tokens": 1} for s in range(STEPS)]
-    io.write_table(pa.Table.from_pylist(critic, schema=STEP_LABEL), str(root / "labels" / "part-0.parquet"))
+    fsys.write_table(pa.Table.from_pylist(critic, schema=STEP_LABEL), str(root / "labels" / "part-0.parquet"))
     (root / "hand").mkdir()
     (root / "hand" / "t1.jsonl").write_text("".join(
         json.dumps({"traj_id": "t1", "step": s, "label": "mistake" if s == MISTAKE else "good", "confidence": 1.0,
@@ -64,7 +64,7 @@ def test_report_shows_the_reference_build_and_its_masked_mistake(builds, qwen_to
                        output=str(root / "report"), html=False,
                        reference=ReferenceBuildConfig(labels=str(root / "ref_labels"), train_rows=str(root / "ref_rows")))
     run(cfg)
-    out = Path(commit.resolve(cfg.output))
+    out = Path(record.resolve(cfg.output))
     report = json.loads((out / "report.json").read_text())
     assert report["recipes"]["srft_mix"]["num_masked_tokens"] == 0  # the critic's build masks nothing
     ref = report["reference"]

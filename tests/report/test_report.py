@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline import commit, io
+from pipeline import fsys, io, record
 from pipeline.config import load_config
 from pipeline.report import stats
 from pipeline.report.config import ReportConfig
@@ -43,7 +43,7 @@ def _run(uris: dict, *extra: str) -> dict:
 
 def _committed(output: str) -> Path:
     """The folder holding the report's committed files (the version the commit record names)."""
-    return Path(commit.resolve(output))
+    return Path(record.resolve(output))
 
 
 def _png_ok(data: bytes) -> tuple[int, int]:
@@ -158,7 +158,7 @@ def test_missing_required_input_fails_naming_it(report_fixture, tmp_path):
 
 
 def test_bad_metrics_line_names_file_and_line(report_fixture):
-    io.write_bytes(report_fixture["train_metrics"], b'{"step": 1, "loss": 2.0}\nnot json\n')
+    fsys.write_bytes(report_fixture["train_metrics"], b'{"step": 1, "loss": 2.0}\nnot json\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not JSON"):
         _run(report_fixture)
 
@@ -234,8 +234,8 @@ def test_tokenizer_from_s3_model_folder(fast_plots, s3_bucket, qwen_tokenizer_pa
 
     monkeypatch.setenv("HOME", str(tmp_path))  # the tokenizer cache goes under ~/.cache/srft
     for f in Path(qwen_tokenizer_path).iterdir():
-        io.write_bytes(f"{s3_bucket}/models/student/{f.name}", f.read_bytes())
-    io.write_bytes(f"{s3_bucket}/models/student/model-00001-of-00002.safetensors", b"not fetched")
+        fsys.write_bytes(f"{s3_bucket}/models/student/{f.name}", f.read_bytes())
+    fsys.write_bytes(f"{s3_bucket}/models/student/model-00001-of-00002.safetensors", b"not fetched")
     uris = write_fixture(s3_bucket)
     summary = _run(uris, f"tokens.tokenizer={s3_bucket}/models/student", "tokens.method=tokenizer")
     assert summary["step_size_unit"] == "tokens"

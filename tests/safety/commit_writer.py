@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.errors import UserError
 from pipeline.manifest import run_stage
 
@@ -35,8 +35,8 @@ def write_generation(cfg: Cfg, out) -> dict:
         ids = [f"g{cfg.gen}-{n + i}" for i in range(cfg.rows)]
         n += cfg.rows
         table = pa.table({"doc_id": ids, "payload": ["x" * 200] * cfg.rows}, schema=SCHEMA)
-        io.write_table(table, io.join(out.uri, f"part-{f:05d}.parquet"))
-    io.write_bytes(io.join(out.uri, "_summary.json"), b'{"gen": %d}' % cfg.gen)
+        fsys.write_table(table, fsys.join(out.uri, f"part-{f:05d}.parquet"))
+    fsys.write_bytes(fsys.join(out.uri, "_summary.json"), b'{"gen": %d}' % cfg.gen)
     return {"rows_in": n, "rows_out": n, "gen": cfg.gen}
 
 

@@ -6,12 +6,12 @@ import hashlib
 
 import pyarrow.fs as pafs
 
-from pipeline import io
+from pipeline import fsys
 
 
 def snapshot(uri: str) -> dict[str, str]:
     """{path: sha256} of every file under `uri` (local or s3://), links not followed locally."""
-    fs, path = io.filesystem(uri)
+    fs, path = fsys.filesystem(uri)
     out = {}
     for f in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
         if f.type == pafs.FileType.File:

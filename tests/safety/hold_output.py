@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.errors import UserError
 from pipeline.manifest import run_stage
 
@@ -23,7 +23,7 @@ class Cfg:
 
 def main(output: str, seconds: float) -> None:
     def fn(cfg, out):
-        io.write_bytes(io.join(out.uri, "part-0.txt"), b"written while holding the lock")
+        fsys.write_bytes(fsys.join(out.uri, "part-0.txt"), b"written while holding the lock")
         print("held", flush=True)
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:  # a line on stdin ends the hold; EOF does not

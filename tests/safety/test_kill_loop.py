@@ -16,7 +16,7 @@ import time
 import pyarrow.fs as pafs
 import pytest
 
-from pipeline import commit, io
+from pipeline import fsys, io, record
 from tests.conftest import REPO
 
 FILES, ROWS = 6, 100
@@ -68,8 +68,8 @@ def kill_loop(output: str, tmp_path, kills: int, seed: int) -> dict:
                 refused += 1
                 time.sleep(TTL_S / 2)
                 continue
-            c = commit.read_commit(output)
-            committed.add(int(json.loads(io.read_bytes(io.join(output, "_summary.json")))["gen"]))
+            c = record.read_commit(output)
+            committed.add(int(json.loads(io.read_bytes(fsys.join(output, "_summary.json")))["gen"]))
             assert c is not None and c.status == "complete"
             gen += 1
         _run_to_end(output, gen)  # a final run after the kills cleans their leftovers
@@ -89,10 +89,10 @@ def kill_loop(output: str, tmp_path, kills: int, seed: int) -> dict:
     seen_delta = {int(next(iter(r["gens"]))[1:]) for r in reads if r["via"] == "delta"}
     assert seen_delta and max(seen_delta) <= gen, (seen_delta, gen)
     assert sum(r["via"] == "pipeline" for r in reads) >= kills  # it really read while writers were killed
-    fs, path = io.filesystem(output)
+    fs, path = fsys.filesystem(output)
     names = [os.path.basename(i.path) for i in fs.get_file_info(pafs.FileSelector(path))]
-    versions = [n for n in names if n.startswith(commit.VERSION_PREFIX)]
-    assert len(versions) <= 2 and commit.LOCK not in names, names  # leftovers of killed runs collected
+    versions = [n for n in names if n.startswith(record.VERSION_PREFIX)]
+    assert len(versions) <= 2 and record.LOCK not in names, names  # leftovers of killed runs collected
     return {"kills": len(killed_at), "reads": len(reads), "generations_seen": len(seen), "refused": refused,
             "committed": len(committed), "work_s": work_s}
 
@@ -106,6 +106,6 @@ def test_kill_loop_local(tmp_path):
 
 @pytest.mark.slow
 def test_kill_loop_s3(tmp_path, s3_bucket):
-    stats = kill_loop(io.join(s3_bucket, "out"), tmp_path, kills=20, seed=2)
+    stats = kill_loop(fsys.join(s3_bucket, "out"), tmp_path, kills=20, seed=2)
     print(stats)
     assert stats["generations_seen"] >= 2

@@ -15,8 +15,10 @@ import time
 
 import pytest
 
-from pipeline import commit, io
-from pipeline.commit import LOCK, LockHeld, open_output
+from pipeline import fsys, io, record
+from pipeline.commit import open_output
+from pipeline.lock import Lock, LockHeld
+from pipeline.record import LOCK
 from tests.conftest import REPO
 
 
@@ -35,18 +37,18 @@ def _holder(output: str, seconds: float, ttl: float) -> subprocess.Popen:
 
 
 def test_second_writer_refused_until_the_first_commits(root):
-    out = io.join(root, "out")
+    out = fsys.join(root, "out")
     p = _holder(out, 60, ttl=120)
     try:
         with pytest.raises(LockHeld, match=rf"being written by run .* of stage hold .*pid {p.pid}"):
             open_output("hold", out)
-        assert commit.read_commit(out) is None  # nothing committed by the refused run
+        assert record.read_commit(out) is None  # nothing committed by the refused run
         p.stdin.write("done\n")
         p.stdin.flush()
         assert p.stdout.readline().strip() == "committed" and p.wait(60) == 0
     finally:
         p.kill()
-    assert not io.exists(io.join(out, LOCK))
+    assert not io.exists(fsys.join(out, LOCK))
     with open_output("hold", out) as o:
         assert o.previous.status == "complete"
 
@@ -55,7 +57,7 @@ def test_a_killed_runs_lock_is_taken_at_once_on_the_same_host(root, capfd):
     """#20 item 4: the holder ran here and its process is gone, so the next run takes the output
     at once (not after the lock's 120 s) and says so on stderr. Locally the kernel drops the dead
     holder's flock; on S3 the lock names this host and a pid that no longer exists."""
-    out = io.join(root, "out")
+    out = fsys.join(root, "out")
     p = _holder(out, 60, ttl=120)
     try:
         with pytest.raises(LockHeld):
@@ -64,19 +66,19 @@ def test_a_killed_runs_lock_is_taken_at_once_on_the_same_host(root, capfd):
         p.wait(30)
         t0 = time.monotonic()
         with open_output("hold", out, lock_ttl_s=120) as o:
-            held = json.loads(io.read_bytes(io.join(out, LOCK)))
+            held = json.loads(io.read_bytes(fsys.join(out, LOCK)))
             assert held["run_id"] == o.run_id and held["pid"] == os.getpid()
             assert o.previous is None  # the killed run never committed
         assert time.monotonic() - t0 < 30
         err = capfd.readouterr().err
         assert "took over the lock of run" in err and f"pid {p.pid}" in err, err
-        assert not io.exists(io.join(out, LOCK))
+        assert not io.exists(fsys.join(out, LOCK))
     finally:
         p.kill()
 
 
 def test_s3_heartbeat_keeps_a_live_lock_and_another_hosts_dead_lock_expires(s3_bucket):
-    out = io.join(s3_bucket, "out")
+    out = fsys.join(s3_bucket, "out")
     ttl = 5.0  # generous: a loaded CI box must still beat within it
     p = _holder(out, 60, ttl=ttl)
     try:
@@ -88,21 +90,21 @@ def test_s3_heartbeat_keeps_a_live_lock_and_another_hosts_dead_lock_expires(s3_b
         p.wait(30)
     # A lock from another host: its pid says nothing here, so it waits for its ttl.
     now = time.time()
-    io.write_bytes(io.join(out, LOCK), json.dumps({
+    fsys.write_bytes(fsys.join(out, LOCK), json.dumps({
         **STALE_LOCK, "host": "elsewhere", "token": "x", "heartbeat_at": now, "expires_at": now + ttl}).encode())
     with pytest.raises(LockHeld, match="expires in"):
         open_output("hold", out, lock_ttl_s=ttl)
     time.sleep(ttl + 1)
     with open_output("hold", out, lock_ttl_s=ttl) as o:  # expired: taken over
-        assert json.loads(io.read_bytes(io.join(out, LOCK)))["run_id"] == o.run_id
+        assert json.loads(io.read_bytes(fsys.join(out, LOCK)))["run_id"] == o.run_id
 
 
 @pytest.mark.slow  # four real run_stage processes; the in-process race below runs by default
 def test_dead_owner_lock_taken_by_exactly_one_of_many(root):
-    out = io.join(root, "out")
+    out = fsys.join(root, "out")
     stale = {"stage": "hold", "run_id": "dead", "host": "gone", "pid": 999999, "token": "t",
              "heartbeat_at": time.time() - 600, "expires_at": time.time() - 480, "ttl_s": 120}
-    io.write_bytes(io.join(out, LOCK), json.dumps(stale).encode())
+    fsys.write_bytes(fsys.join(out, LOCK), json.dumps(stale).encode())
     env = {**os.environ, "SRFT_LOCK_TTL_S": "120"}
     procs = [subprocess.Popen([sys.executable, "-m", "tests.safety.hold_output", out, "10"], cwd=REPO, env=env,
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True) for _ in range(4)]
@@ -110,7 +112,7 @@ def test_dead_owner_lock_taken_by_exactly_one_of_many(root):
     assert sorted(p.returncode for p in procs) == [0, 2, 2, 2], outs
     assert sum("committed" in o for o in outs) == 1
     assert all("being written by" in o for o in outs if "refused" in o)
-    c = commit.read_commit(out)
+    c = record.read_commit(out)
     assert c.status == "complete" and list(c.files) == ["part-0.txt"]
 
 
@@ -134,7 +136,7 @@ def _contend(out: str, trials: int, threads: int, barrier) -> list[tuple[int, st
 
     def contender(i: int) -> None:
         for trial in range(trials):
-            lock = commit.Lock(out, "hold", f"r{trial}-{os.getpid()}-{i}", ttl_s=60)
+            lock = Lock(out, "hold", f"r{trial}-{os.getpid()}-{i}", ttl_s=60)
             barrier.wait(60)  # start: the coordinator has written this trial's stale lock
             time.sleep(random.uniform(0, 0.0005))
             try:
@@ -144,7 +146,7 @@ def _contend(out: str, trials: int, threads: int, barrier) -> list[tuple[int, st
             barrier.wait(60)  # every contender has tried
             if lock is not None:
                 try:
-                    named = json.loads(io.read_bytes_physical(io.join(out, LOCK)))["token"] == lock.token
+                    named = json.loads(fsys.read_bytes(fsys.join(out, LOCK)))["token"] == lock.token
                 except (FileNotFoundError, ValueError):  # another winner released it already
                     named = False
                 wins.append((trial, lock.run_id, named))
@@ -173,7 +175,7 @@ def test_simultaneous_breakers_of_a_stale_lock_one_wins(root):
 
     local = not root.startswith("s3://")
     trials, procs, threads_per_proc, own_threads = (300, 2, 3, 4) if local else (10, 0, 0, 4)
-    out = io.join(root, "race")
+    out = fsys.join(root, "race")
     ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads
     barrier = ctx.Barrier(1 + own_threads + procs * threads_per_proc)
     results = ctx.Queue()
@@ -188,7 +190,7 @@ def test_simultaneous_breakers_of_a_stale_lock_one_wins(root):
         for trial in range(trials):
             now = time.time()
             stale = {**STALE_LOCK, "token": f"t{trial}", "heartbeat_at": now - 600, "expires_at": now - 480}
-            io.write_bytes(io.join(out, LOCK), json.dumps(stale).encode())
+            fsys.write_bytes(fsys.join(out, LOCK), json.dumps(stale).encode())
             for _ in range(3):  # start, all tried, all released
                 barrier.wait(60)
         wins = [w for _ in workers for w in results.get(timeout=60)]
@@ -201,4 +203,4 @@ def test_simultaneous_breakers_of_a_stale_lock_one_wins(root):
     winners = {trial: [w for w in wins if w[0] == trial] for trial in range(trials)}
     bad = {trial: ws for trial, ws in winners.items() if len(ws) != 1 or not ws[0][2]}
     assert not bad, f"{len(bad)} of {trials} trials had not exactly one winner named by the lock: {bad}"
-    assert not io.exists_physical(io.join(out, LOCK))  # the last winner released it
+    assert not fsys.exists(fsys.join(out, LOCK))  # the last winner released it

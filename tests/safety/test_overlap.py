@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from pipeline import io
+from pipeline import fsys
 from pipeline.cli import run_stage_cli
-from pipeline.commit import check_overlap
 from pipeline.errors import UserError
+from pipeline.guards import check_overlap
 from pipeline.ingest.stage import STAGE as INGEST
 from tests.conftest import REPO
 from tests.safety.helpers import snapshot
@@ -66,15 +66,15 @@ def test_local_overlaps_refused(data, case):
 
 @pytest.mark.parametrize("case", ["equal", "parent", "inside", "bucket"])
 def test_s3_overlaps_refused(s3_bucket, shared_data, case):
-    data = io.join(s3_bucket, "data", "traj")
+    data = fsys.join(s3_bucket, "data", "traj")
     for f in sorted((shared_data / "swe-agent").iterdir())[:2]:
-        io.write_bytes(io.join(data, f.name), f.read_bytes())
-    io.write_bytes(io.join(s3_bucket, "data", "unrelated.txt"), b"keep me")
+        fsys.write_bytes(fsys.join(data, f.name), f.read_bytes())
+    fsys.write_bytes(fsys.join(s3_bucket, "data", "unrelated.txt"), b"keep me")
     before = snapshot(s3_bucket)
     out, how = {
         "equal": (data + "/", "is the same folder as"),
-        "parent": (io.join(s3_bucket, "data"), "contains"),
-        "inside": (io.join(data, "out"), "lies inside"),
+        "parent": (fsys.join(s3_bucket, "data"), "contains"),
+        "inside": (fsys.join(data, "out"), "lies inside"),
         "bucket": (s3_bucket, "contains"),
     }[case]
     _refused([f"input={data}", f"output={out}"], f"{how} input input={data}")

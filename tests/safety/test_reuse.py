@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pipeline import commit, io, tables
+from pipeline import io, record, tables
 from pipeline.cli import run_stage_cli
 from pipeline.errors import UserError
 from pipeline.ingest.stage import STAGE as INGEST
@@ -48,7 +48,7 @@ def test_same_stage_output_is_replaced_and_only_pipeline_files_go(tmp_path, data
     out = tmp_path / "traj"
     (tmp_path / "beside.txt").write_text("not ours")
     first = run_stage_cli(INGEST, [f"input={data}", f"output={out}", "rows_per_shard=2"])
-    c1 = commit.read_commit(str(out))
+    c1 = record.read_commit(str(out))
     assert c1.status == "complete" and c1.stage == "ingest"
     rows = io.read_table(str(out), TRAJECTORY)
     assert rows.num_rows == first["rows_out"] > 0
@@ -63,7 +63,7 @@ def test_same_stage_output_is_replaced_and_only_pipeline_files_go(tmp_path, data
     dead_heartbeat.write_bytes(b"{}")
     os.utime(dead_heartbeat, (time.time() - 3600, time.time() - 3600))
     second = run_stage_cli(INGEST, [f"input={data}", f"output={out}", "rows_per_shard=3"])
-    c2 = commit.read_commit(str(out))
+    c2 = record.read_commit(str(out))
     assert c2.version != c1.version and second["rows_out"] == first["rows_out"]
     assert set(os.listdir(out)) - side == {"_delta_log", "_manifest.json", c1.version, c2.version, "NOTES.md"}
     assert io.read_table(str(out), TRAJECTORY).sort_by("traj_id").equals(rows.sort_by("traj_id"))

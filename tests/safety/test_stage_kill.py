@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from pipeline import commit, io
+from pipeline import io, record
 from pipeline.schema import TRAINING_ROW
 from tests.conftest import REPO
 
@@ -107,6 +107,6 @@ with open({str(log)!r}, "w") as f:
     assert all(len(r["ids"]) == len(set(r["ids"])) for r in reads)
     assert set(seen) <= set(sets.values()), "a read saw a mix or a partial set"
     assert len(kills) >= 2 and len(reads) > 10, (kills, len(reads), final[-500:])
-    assert _docs(out) == sets[a] and commit.read_commit(out).status == "complete"
+    assert _docs(out) == sets[a] and record.read_commit(out).status == "complete"
     names = os.listdir(out)
     assert len([n for n in names if n.startswith("_v-")]) <= 2 and "_lock.json" not in names, names

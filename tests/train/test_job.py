@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from pipeline import io
+from pipeline import fsys, io
 from pipeline.errors import UserError
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import held_out
@@ -42,13 +42,13 @@ def _run(argv):
 
 
 def _metrics(output: str) -> list[dict]:
-    return [json.loads(x) for x in io.read_bytes(io.join(output, "metrics.jsonl")).decode().splitlines()]
+    return [json.loads(x) for x in io.read_bytes(fsys.join(output, "metrics.jsonl")).decode().splitlines()]
 
 
 def _download(output: str, logical: str, dest) -> str:
     """Copy the committed files under <output>/<logical> (the commit record names them) to `dest`."""
     os.makedirs(dest, exist_ok=True)
-    for uri in io.list_files(io.join(output, logical), ("",)):
+    for uri in io.list_files(fsys.join(output, logical), ("",)):
         with open(os.path.join(dest, uri.rsplit("/", 1)[-1]), "wb") as f:
             f.write(io.read_bytes(uri))
     return str(dest)
@@ -108,13 +108,13 @@ def test_run_lowers_loss_checkpoints_to_s3_tracks_evaluates_and_exports(run_a, t
     # Checkpoints in the identity-named run folder on S3, DCP files of both ranks in one folder.
     run_name = summary["resume"]["run_name"]
     assert summary["identity"][:16] in run_name and summary["checkpoint"].endswith(f"{run_name}/checkpoint-step0000006")
-    fs, _ = io.filesystem(output)
+    fs, _ = fsys.filesystem(output)
     names = sorted(f.base_name for f in fs.get_file_info(pafs.FileSelector(summary["checkpoint"])))
     assert names == [".metadata", "__0_0.distcp", "__1_0.distcp", "rng-0.pt", "rng-1.pt", "train_state.json"]
     # TensorBoard event files (written on rank 0, uploaded to S3 beside the run folders).
     tb = tmp_path / "tb"
     tb.mkdir()
-    fs, path = io.filesystem(io.join(summary["checkpoint_storage"], "tensorboard", run_name))
+    fs, path = fsys.filesystem(fsys.join(summary["checkpoint_storage"], "tensorboard", run_name))
     pafs.copy_files(path, str(tb), source_filesystem=fs)
     acc = EventAccumulator(str(tb))
     acc.Reload()
