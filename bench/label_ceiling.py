@@ -43,7 +43,7 @@ def real_trajectories(tmp: Path, limit: int = 0) -> str:
     TRAJECTORY table (the label stage reads one input)."""
     import pyarrow as pa
 
-    from pipeline import io
+    from pipeline import fsys, io
     from pipeline.ingest.config import IngestConfig
     from pipeline.ingest.stage import STAGE as INGEST
     from pipeline.manifest import run_direct
@@ -56,19 +56,26 @@ def real_trajectories(tmp: Path, limit: int = 0) -> str:
         tables.append(io.read_table(out, TRAJECTORY))
     uri = str(tmp / "trajectories")
     table = pa.concat_tables(tables)
-    io.write_table(table.slice(0, limit) if limit else table, io.join(uri, "part-0.parquet"))
+    fsys.write_table(table.slice(0, limit) if limit else table, fsys.join(uri, "part-0.parquet"))
     return uri
 
 
-def critic_config(model: Path, max_model_len: int):
-    """conf/pipeline.yaml's demo critic, labelling every trajectory (the shared ones have no outcome)."""
+def critic_config(model: Path, max_model_len: int, threads: int | None):
+    """conf/pipeline.yaml's demo critic, labelling every trajectory (the shared ones have no outcome).
+
+    `threads`: the engine's OpenMP threads in the stage's actor. Ray sets ``OMP_NUM_THREADS`` in an
+    actor from its CPU resource (``num_cpus_per_actor=0.5`` gives 1 thread), while the bare engine
+    in this process uses every core; measured on 2026-12-07, the demo settings' actor ran 1 busy
+    thread against bare's 2. The fair arm sets the same thread count as bare (None: Ray's)."""
     from pipeline.label.config import CriticConfig, PoolConfig
 
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     return CriticConfig(
         backend="vllm", model=str(model), max_model_len=max_model_len, num_samples=3, confidence="auto",
         dtype="float32", enforce_eager=True, batch_size=4, num_cpus_per_actor=0.5, label_resolved=True,
-        env={"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
-        pool=PoolConfig(min=1, max=1),
+        env=env, pool=PoolConfig(min=1, max=1),
     )
 
 
@@ -145,6 +152,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--runs", type=int, default=1, help="bare/stage pairs; the order alternates")
     ap.add_argument("--max-model-len", type=int, default=8192)
     ap.add_argument("--trajectories", type=int, default=0, help="the first N of the shared ones (0: all)")
+    ap.add_argument("--ray-threads", action="store_true",
+                    help="leave the actor's engine the OpenMP threads Ray gives it (1 at 0.5 CPU), not bare's")
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="lceil", dir="/tmp"))
     os.environ.setdefault("SRFT_RAY_TMPDIR", str(tmp / "ray"))
@@ -153,7 +162,7 @@ def main(argv: list[str]) -> None:
     from pipeline.models import smollm2_135m
 
     model = smollm2_135m(REPO / ".cache" / "models" / "smollm2-135m-instruct")
-    c = critic_config(model, args.max_model_len)
+    c = critic_config(model, args.max_model_len, None if args.ray_threads else len(os.sched_getaffinity(0)))
     traj = real_trajectories(tmp, args.trajectories)
     pairs = []
     for i in range(args.runs):
