@@ -13,7 +13,6 @@ the committed input files' paths, sizes and modification times) is skipped, unle
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import subprocess
 import time
@@ -165,11 +164,7 @@ def run_stage(
             )
 
         try:
-            if _takes_output(fn):
-                summary = fn(cfg, out)
-            else:  # a stage not yet on run(cfg, out) writes into its output folder itself
-                summary = fn(cfg)
-                out.committed = None
+            summary = fn(cfg, out)
         except StageFailed as e:
             finish("failed", getattr(e, "summary", None), str(e))
             raise
@@ -179,23 +174,5 @@ def run_stage(
                       f"(allow_empty=true accepts an empty output)")
             finish("failed", summary, reason)
             raise StageFailed(reason)
-        if not _takes_output(fn):
-            return {**_legacy_manifest(out, summary, started), "skipped": False}
         manifest = finish("complete", summary)
     return {**manifest, "skipped": False}
-
-
-def _takes_output(fn: Callable) -> bool:
-    return len(inspect.signature(fn).parameters) >= 2
-
-
-def _legacy_manifest(out: Output, summary: dict, started: float) -> dict:
-    """The manifest of a stage that wrote into its output folder directly (no commit record:
-    readers read the folder as it is). Only until every stage takes ``run(cfg, out)``."""
-    fs, path = fsys.filesystem(out.uri)
-    fs.delete_dir(path)
-    manifest = {**out.record, "stage": out.stage, "status": "complete", "output": out.root,
-                "rows_in": summary.get("rows_in"), "rows_out": summary.get("rows_out"), "summary": summary,
-                "finished_at": _now(), "duration_s": round(time.time() - started, 3)}
-    fsys.write_bytes(fsys.join(out.root, MANIFEST), json.dumps(manifest, indent=2, default=str).encode())
-    return manifest

@@ -130,17 +130,6 @@ def test_fingerprint_ignores_locks_and_old_versions(tmp_path):
     assert fingerprint({"up": cfg.output}) != fp  # a new commit is a new input
 
 
-def test_a_stage_still_on_run_cfg_keeps_working(tmp_path):
-    def old(cfg):
-        fsys.write_bytes(fsys.join(cfg.output, "part-0.txt"), b"old")
-        return {"rows_in": 1, "rows_out": 1}
-
-    cfg = Cfg(output=str(tmp_path / "out"))
-    m = run_stage("demo", cfg, {}, cfg.output, old)
-    assert m["status"] == "complete" and "commit" not in m
-    assert io.list_files(cfg.output, (".txt",)) == [str(tmp_path / "out" / "part-0.txt")]
-
-
 def test_a_run_refused_by_its_stage_leaves_no_trace(tmp_path):
     def refuse(cfg, out):
         raise UserError("input holds no files")
