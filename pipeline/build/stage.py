@@ -39,9 +39,9 @@ from pipeline.build.builder import MaskBuilder
 from pipeline.build.config import LABEL_RECIPES, BuildConfig, token_limit, validate
 from pipeline.build.labels import LABEL_COLUMNS, compact, index_from_compact
 from pipeline.build.records import OPTIONAL_TRAJ_COLUMNS, TRAJ_COLUMNS, build_records
-from pipeline.build.sink import SIDE_FOLDERS, TrainingRowSink, combine, unit_records
+from pipeline.build.sink import SIDE_FOLDERS, TrainingRowSink, combine
+from pipeline.build.summary import summarize
 from pipeline.commit import Output
-from pipeline.config import redacted
 from pipeline.manifest import Stage, run_direct
 from pipeline.progress import Progress
 from pipeline.runtime import init_ray
@@ -154,84 +154,13 @@ def run(cfg: BuildConfig, out: Output | None = None) -> dict:
     # out.uri: this run's version folder; side tables in their own (Delta tables of their own); run_stage commits them
     sink = TrainingRowSink(cfg, out.uri, {sub: out.side_uri(sub) for sub in SIDE_FOLDERS.values()})
     records.write_datasink(sink)
-    c = combine(sink.units)
-    rows_in, kinds, tok, tools = c["records"], c["kinds"], c["tokens"], c["tools"]
-    reasons = {"error": c["errors"], "excluded": c["excluded"]}
-    rows_out = c["rows"]
+    summary = summarize(cfg, combine(sink.units), run_id=run_id, info=info, label_stats=label_stats,
+                        columns=columns)
     # Trajectories done of those in the input (from the Parquet footers); Ray Data's own progress
     # bars show the operators while the write runs.
     Progress("build", shards["rows"], "trajectories").update(
-        done=rows_in, errors=sum(reasons["error"].values()), force=True, documents=sum(kinds.values()),
-        excluded=sum(reasons["excluded"].values()))
-
-    docs_out = sum(kinds.values())
-    trained, masked, total = tok["trained"], tok["masked"], tok["total"]
-    seq_len = cfg.pack.seq_len if cfg.pack.enabled else None
-    summary = {
-        "run_id": run_id,
-        "recipe": cfg.recipe,
-        "rows_in": rows_in,
-        "documents_out": docs_out,
-        "rows_out": rows_out,
-        "rows_errored": sum(reasons["error"].values()),
-        "rows_excluded": sum(reasons["excluded"].values()),
-        "rows_per_recipe": {cfg.recipe: rows_out},
-        "documents_by_kind": dict(kinds),
-        "errors": dict(reasons["error"]),
-        "exclusions": dict(reasons["excluded"]),
-        "tokens": {
-            "total": total,
-            "trained": trained,
-            "masked": masked,
-            "context_only": total - trained - masked,
-            "fraction_masked": masked / (trained + masked) if trained + masked else 0.0,
-            "fraction_masked_of_all": masked / total if total else 0.0,
-            "first_content_token_not_trained": tok["straddled_steps"],
-        },
-        "truncation": {
-            "max_seq_len": token_limit(cfg),
-            "overlong": cfg.overlong,
-            "rows_truncated": tok["truncated_rows"],
-            "tokens_cut": tok["truncated_tokens"],
-            "steps_cut": tok["truncated_steps"],
-            "rows_dropped": reasons["excluded"].get("overlong", 0) + reasons["excluded"].get("overlong_no_whole_step", 0),
-        },
-        "packing": {
-            "enabled": cfg.pack.enabled,
-            "seq_len": seq_len,
-            "fill": (total / (rows_out * seq_len)) if seq_len and rows_out else None,
-            "documents_per_row": docs_out / rows_out if rows_out else 0.0,
-            "max_row_tokens": c["max_row_tokens"],
-            # Documents are packed within units of this many records (pipeline/build/sink.py).
-            "unit_records": unit_records(cfg),
-            "units": c["units"],
-        },
-        "labels": label_stats,
-        # Trajectories with resolved=null: trained as unresolved (masked like them under srft_*), or
-        # excluded as resolution_unknown, per unknown_outcome (pipeline/outcome.py).
-        "unknown_outcome": {
-            "policy": cfg.unknown_outcome,
-            "documents": tok["outcome_unknown_documents"],
-            "excluded": reasons["excluded"].get("resolution_unknown", 0),
-        },
-        "template": {
-            "generation_prompt": info.generation_prompt,
-            "end_of_turn": info.end_of_turn,
-            "renders_tool_calls": info.renders_tool_calls,
-            "renders_tools": info.renders_tools,
-        },
-        # Function-calling documents built without their tool schemas (the source had none): the
-        # system prompt then differs from what inference renders with `tools=`.
-        "tools": {
-            "column_present": "tools" in columns,
-            "documents_with_tools": tools["documents_with_tools"],
-            "function_calling_documents": tools["function_calling_documents"],
-            "tools_missing": tools["tools_missing"],
-        },
-        "shards": c["shards"],
-        "config": redacted(cfg),
-    }
-    assert trained == tok["trained_before_packing"], "packing changed the trained token count"
+        done=summary["rows_in"], errors=summary["rows_errored"], force=True,
+        documents=summary["documents_out"], excluded=summary["rows_excluded"])
     fsys.write_bytes(fsys.join(out.uri, "_summary.json"), json.dumps(summary, indent=2).encode())
     return summary
 
