@@ -36,19 +36,19 @@ test-slow: $(VENV_STAMP)
 # The controlled SRFT experiment (docs/experiment.md): results in runs/experiment/results.md.
 # Overrides: make experiment EXPERIMENT_ARGS="seeds=[0,1,2] trained_tokens=60000"
 experiment: $(VENV_STAMP)
-	$(PY) -m pipeline.experiment.run out=runs/experiment $(EXPERIMENT_ARGS)
+	$(PY) -m experiment.run out=runs/experiment $(EXPERIMENT_ARGS)
 
 # The paper's table as task success (docs/experiment.md, "Task success"): 3 seeds x the six rows,
 # 100 held-out tasks per (seed, recipe), greedy and 4 samples per task at T=1, no threshold sweep.
 experiment-success: $(VENV_STAMP)
-	$(PY) -m pipeline.experiment.run out=runs/experiment-success closed_loop_tasks=100 closed_loop_samples=4 \
+	$(PY) -m experiment.run out=runs/experiment-success closed_loop_tasks=100 closed_loop_samples=4 \
 		sweep_thresholds=[] $(EXPERIMENT_ARGS)
 
 bench: $(VENV_STAMP)
 	$(PY) -m bench.run_all
 
 lint: $(VENV_STAMP)
-	.venv/bin/ruff check pipeline jobs tests bench
+	.venv/bin/ruff check pipeline jobs tests bench experiment
 
 clean:
 	rm -rf runs .cache

@@ -46,7 +46,7 @@ def tiny_qwen2(
     """A randomly initialised Qwen2 built from a config, saved as safetensors with the Qwen
     tokenizer: a real model that vLLM and transformers load, fast enough for tests. With
     `tokenizer` (a saved tokenizer folder), that one instead, and a vocabulary of its length padded
-    to a multiple of 64 (the experiment's student, pipeline/experiment/student.py)."""
+    to a multiple of 64 (the experiment's student, experiment/student.py)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 

@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from pipeline.experiment import evaluate as ev
-from pipeline.experiment import generate as gen
-from pipeline.experiment.env import FUNCTIONS, MAX_STEPS, make_tasks
+from experiment import evaluate as ev
+from experiment import generate as gen
+from experiment.env import FUNCTIONS, MAX_STEPS, make_tasks
 
 FAILED = re.compile(r"FAILED (tests/test_(\w+)\.py)::")
 SOURCE = re.compile(r"def (\w+)\(a, b\):\n    return a (.) b")

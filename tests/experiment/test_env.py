@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from pipeline.experiment import generate as gen
-from pipeline.experiment.env import FUNCTIONS, Env, make_tasks
+from experiment import generate as gen
+from experiment.env import FUNCTIONS, Env, make_tasks
 from pipeline.schema import LABELS
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.experiment import run as experiment
+from experiment import run as experiment
 
 REDUCED = [
     "seeds=[0]",

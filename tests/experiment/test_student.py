@@ -9,9 +9,9 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from pipeline.experiment import generate as gen
-from pipeline.experiment.env import TOOLS, make_tasks
-from pipeline.experiment.student import student_tokenizer
+from experiment import generate as gen
+from experiment.env import TOOLS, make_tasks
+from experiment.student import student_tokenizer
 from pipeline.models import tiny_qwen2
 
 
@@ -57,7 +57,7 @@ def test_every_action_of_a_run_fits_one_generated_turn(tokenizers):
     """The closed loop generates at most evaluate.MAX_ACTION_TOKENS per turn: every action of every
     run kind (the fix and the test edit are the longest) must fit, through its end of turn, or the
     loop can never take it (a cap of 64 cut every fix off)."""
-    from pipeline.experiment import evaluate as ev
+    from experiment import evaluate as ev
 
     small, _, _ = tokenizers
     student = ev.Student(None, small, TOOLS)

@@ -1,4 +1,6 @@
-"""The real pipeline stages, called through their command lines as a user would.
+"""The real pipeline stages, called through their library functions: each setting as a dotlist parsed
+by ``pipeline.config.load_config`` into the stage's config, then ``pipeline.manifest.run_direct`` (open,
+run, commit, as ``python -m jobs.<stage>`` does, without its printing and exit codes).
 
 Every setting a stage reads is passed explicitly (the stages' own defaults are production ones
 and may change); only the keys below are relied on. Ray is started once per process by the first
@@ -13,7 +15,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import load_config
+from pipeline.manifest import Stage, run_direct
 from pipeline.schema import STEP_LABEL
+
+
+def _run(stage: Stage, dotlist: list[str]) -> dict:
+    """The stage's summary after one forced run on the config `dotlist` gives."""
+    return run_direct(stage, load_config(stage.config, stage.name, dotlist))
 
 
 def write_rows(rows: list[dict], path: Path) -> Path:
@@ -33,17 +42,17 @@ def write_labels(rows: list[dict], folder: Path) -> Path:
 
 
 def ingest(rows_jsonl: Path, output: Path) -> dict:
-    from jobs.ingest import main
+    from pipeline.ingest.stage import STAGE
 
-    return main([f"input={rows_jsonl}", f"output={output}", "rows_per_shard=4096",
-                 "max_quarantine_fraction=0.0"])
+    return _run(STAGE, [f"input={rows_jsonl}", f"output={output}", "rows_per_shard=4096",
+                        "max_quarantine_fraction=0.0"])
 
 
 def build(trajectories: Path, labels: Path, output: Path, model: Path, recipe: str, threshold: float,
           seq_len: int) -> dict:
-    from jobs.build import main
+    from pipeline.build.stage import STAGE
 
-    return main([
+    return _run(STAGE, [
         f"trajectories={trajectories}", f"labels={labels}", f"output={output}", f"model={model}",
         f"recipe={recipe}", "mask.labels=[mistake]", f"mask.threshold={threshold}", "mask.unlabeled=exclude",
         f"max_seq_len={seq_len}", "overlong=drop", "parse_tool_arguments=true",
@@ -54,9 +63,9 @@ def build(trajectories: Path, labels: Path, output: Path, model: Path, recipe: s
 
 def train(data: Path, model: Path, output: Path, steps: int, lr: float, seed: int, seq_len: int,
           workers: int, micro_batch_size: int = 1) -> dict:
-    from jobs.train import main
+    from pipeline.train.stage import STAGE
 
-    return main([
+    return _run(STAGE, [
         f"data={data}", f"model={model}", f"output={output}", "run_name=experiment",
         f"train.lr={lr}", "train.weight_decay=0.0", f"train.warmup_steps={max(1, steps // 20)}",
         "train.min_lr_ratio=0.1", "train.max_grad_norm=1.0", "train.epochs=1000", f"train.max_steps={steps}",

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.experiment import generate as gen
-from pipeline.experiment import run as experiment
-from pipeline.experiment import stages
-from pipeline.experiment.env import make_tasks
-from pipeline.experiment.report import write_report
+from experiment import generate as gen
+from experiment import run as experiment
+from experiment import stages
+from experiment.env import make_tasks
+from experiment.report import write_report
 from pipeline.schema import STEP_LABEL
 
 

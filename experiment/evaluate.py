@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pipeline.experiment import generate as gen
-from pipeline.experiment.env import TOOLS, Env, Task
+from experiment import generate as gen
+from experiment.env import TOOLS, Env, Task
 
 # Tokens one generated turn may take. The longest action, the fix's str_replace call, is 72 tokens
 # of the student's vocabulary; the earlier cap of 64 cut every fix off before `</tool_call>`, so no

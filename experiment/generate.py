@@ -37,7 +37,7 @@ import json
 import random
 from dataclasses import dataclass
 
-from pipeline.experiment.env import TOOLS, Env, Task, apply_op, call
+from experiment.env import TOOLS, Env, Task, apply_op, call
 
 KINDS = ("expert", "wander", "delete_test", "edit_test")
 CRITIC = "reference"

@@ -1,6 +1,6 @@
 """The controlled SRFT experiment: `make experiment`, or
 
-    python -m pipeline.experiment.run [out=runs/experiment] [seeds=[0,1,2]] [train_runs=...] ...
+    python -m experiment.run [out=runs/experiment] [seeds=[0,1,2]] [train_runs=...] ...
 
 Per seed: a pool of scripted runs in `env` (kinds and rates in `generate`), written as SWE-smith
 tool-style JSONL and ingested by the real ingest stage; the reference step labels written as the
@@ -25,11 +25,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.experiment import evaluate as ev
-from pipeline.experiment import generate as gen
-from pipeline.experiment import stages
-from pipeline.experiment.env import TOOLS, make_tasks
-from pipeline.experiment.student import student_tokenizer
+from experiment import evaluate as ev
+from experiment import generate as gen
+from experiment import stages
+from experiment.env import TOOLS, make_tasks
+from experiment.student import student_tokenizer
 
 # The paper's table: `base` is the untrained student (the shared initialisation, evaluated only),
 # the others are build recipes (every recipe of pipeline.build.config.RECIPES is accepted).
@@ -277,7 +277,7 @@ def run(cfg: ExperimentConfig) -> list[dict]:
                 r["noise"] = cfg.sweep_noise
                 results.append(r)
         (out / "results.json").write_text(json.dumps(results, indent=2))
-    from pipeline.experiment.report import write_report
+    from experiment.report import write_report
 
     write_report(results, cfg, out)
     return results

@@ -56,7 +56,7 @@ PAPER = {  # SWE-bench Verified resolved rate in the paper's table (Qwen2.5-Code
 def pooled(results: list[dict], recipe: str, key: str) -> dict | None:
     """One recipe's closed-loop runs (`key`: closed_loop or closed_loop_sampled) pooled over seeds:
     successes / runs with the 95% Wilson interval, and the mistakes committed and recovered."""
-    from pipeline.experiment.evaluate import wilson_interval
+    from experiment.evaluate import wilson_interval
 
     rs = [r[key] for r in results if r["name"] == recipe and key in r]
     if not rs:
@@ -74,8 +74,8 @@ def success_table(results: list[dict], recipes: list[str]) -> str:
     """The paper's table, closed loop: per recipe, success pooled over seeds with its 95% Wilson
     interval, greedy and sampled; how often each injected mistake was committed in the loop, and
     how often a committed rm / test edit was recovered (the test file back as it was)."""
-    lines = ["| recipe | paper (SWE-bench V.) | greedy success [95% CI] | per seed | sampled success [95% CI] "
-             "| rm test committed (recovered) | test edit committed (recovered) | unfixed submit |",
+    lines = [("| recipe | paper (SWE-bench V.) | greedy success [95% CI] | per seed | sampled success [95% CI] "
+              "| rm test committed (recovered) | test edit committed (recovered) | unfixed submit |"),
              "|---|---|---|---|---|---|---|---|"]
     for recipe in recipes:
         g, t = pooled(results, recipe, "closed_loop"), pooled(results, recipe, "closed_loop_sampled")
@@ -86,8 +86,8 @@ def success_table(results: list[dict], recipes: list[str]) -> str:
             return "-" if p is None else (f"{p['successes']}/{p['n']} = {p['success']:.3f} "
                                           f"[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}]")
 
-        def mistakes(kind):
-            parts = [f"{p[kind]}/{p['n']} ({p[kind + '_recovered']})" for p in (g, t) if p is not None]
+        def mistakes(kind, pair=(g, t)):
+            parts = [f"{p[kind]}/{p['n']} ({p[kind + '_recovered']})" for p in pair if p is not None]
             return " · ".join(parts)
 
         unfixed = " · ".join(f"{p['submit_unfixed']}/{p['n']}" for p in (g, t) if p is not None)

@@ -46,8 +46,8 @@ CORPUS_TASKS = 300
 
 def corpus(qwen) -> list[str]:
     """Conversations of every run kind, rendered with Qwen2.5's template (tools included)."""
-    from pipeline.experiment import generate as gen
-    from pipeline.experiment.env import TOOLS, make_tasks
+    from experiment import generate as gen
+    from experiment.env import TOOLS, make_tasks
 
     runs = gen.generate(make_tasks(CORPUS_SEED, CORPUS_TASKS, "corpus"), gen.Mix(), CORPUS_SEED)
     return [qwen.apply_chat_template(gen.chat(run.row["messages"]), tools=TOOLS, tokenize=False) for run in runs]
