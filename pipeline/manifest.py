@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 
 from pipeline import commit, fsys, guards, io, record
 from pipeline.commit import Output
-from pipeline.config import redacted
+from pipeline.config import redacted, validate
 from pipeline.errors import StageFailed
 from pipeline.record import MANIFEST
 
@@ -44,7 +44,10 @@ class Stage:
 
 def run_direct(stage: Stage, cfg: Any) -> dict:
     """Run a stage the way its command does (open, run, commit) and return its summary: what a
-    stage's ``run(cfg)`` does when called without an opened output (tests, notebooks)."""
+    stage's ``run(cfg)`` does when called without an opened output (tests, notebooks). A config
+    built in code is validated here, as `load_config` validates one loaded from YAML and the
+    command line: the stages themselves never re-validate."""
+    validate(cfg)
     return run_stage(stage.name, cfg, stage.inputs(cfg), cfg.output, stage.run, force=True)["summary"]
 
 

@@ -100,12 +100,6 @@ class BuildConfig:
             raise UserError(f"recipe={self.recipe} needs labels=URI (the label stage's output), or use recipe=rft")
 
 
-def validate(cfg: BuildConfig) -> None:
-    """The same as ``cfg.validate()``; only pipeline/build/stage.py still calls it (it goes with
-    that call, issue #21 item 4)."""
-    cfg.validate()
-
-
 def token_limit(cfg: BuildConfig) -> int:
     """The longest document: max_seq_len, and no more than a packed row."""
     return min(cfg.max_seq_len, cfg.pack.seq_len) if cfg.pack.enabled else cfg.max_seq_len

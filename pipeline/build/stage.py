@@ -36,7 +36,7 @@ import ray
 
 from pipeline import fsys, io
 from pipeline.build.builder import MaskBuilder
-from pipeline.build.config import LABEL_RECIPES, BuildConfig, token_limit, validate
+from pipeline.build.config import LABEL_RECIPES, BuildConfig, token_limit
 from pipeline.build.labels import LABEL_COLUMNS, compact, index_from_compact
 from pipeline.build.records import OPTIONAL_TRAJ_COLUMNS, TRAJ_COLUMNS, build_records
 from pipeline.build.sink import SIDE_FOLDERS, TrainingRowSink, combine
@@ -115,7 +115,6 @@ def _label_index(cfg: BuildConfig) -> tuple[pa.Table, dict]:
 def run(cfg: BuildConfig, out: Output | None = None) -> dict:
     if out is None:  # called directly: open, run and commit as the command does
         return run_direct(STAGE, cfg)
-    validate(cfg)
     fs, paths, shards = _parquet_shards(cfg.trajectories, TRAJECTORY, "trajectory")
     columns = TRAJ_COLUMNS + [c for c in OPTIONAL_TRAJ_COLUMNS if c in shards["columns"]]
     if not paths:

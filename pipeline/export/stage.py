@@ -40,7 +40,6 @@ def _row_trained(mask: np.ndarray, cu: np.ndarray) -> int:
 def run(cfg: ExportConfig, out: Output | None = None) -> dict:
     if out is None:  # called directly: open, run and commit as the command does
         return run_direct(STAGE, cfg)
-    cfg.validate()
     unpack = cfg.unpacked()
     schema = schema_for(cfg.format, unpack)
     files = io.list_files(cfg.rows, (".parquet",))

@@ -73,7 +73,6 @@ def _read_resolution(cfg: IngestConfig):
 def run(cfg: IngestConfig, out: Output | None = None) -> dict:
     if out is None:  # called directly: open, run and commit as the command does
         return run_direct(STAGE, cfg)
-    cfg.validate()
     files, skipped = _list_inputs(cfg)
     resolution, resolution_report = _read_resolution(cfg)
     init_ray()

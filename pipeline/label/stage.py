@@ -165,7 +165,6 @@ def run(cfg: LabelConfig, out=None) -> dict:
     called without one (tests, notebooks), it runs through `run_stage` like the command does."""
     if out is None:
         return run_direct(STAGE, cfg)
-    cfg.validate()
     if cfg.errors and cfg.errors.rstrip("/") != fsys.join(cfg.output, ERRORS):
         raise UserError(f"errors={cfg.errors}: error rows are committed with the labels in <output>/{ERRORS}; "
                         "unset errors")

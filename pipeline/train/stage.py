@@ -89,7 +89,6 @@ def run(cfg: TrainConfig, out: Output | None = None) -> dict:
     cfg = dataclasses.replace(cfg, data=fsys.absolute(cfg.data), model=fsys.absolute(cfg.model),
                               output=out.uri,
                               checkpoint_storage=fsys.absolute(cfg.checkpoint_storage or fsys.join(cfg.output, "_checkpoints")))
-    cfg.validate()
     cfg = dataclasses.replace(cfg, resume_from=cfg.resume_from and fsys.absolute(cfg.resume_from),
                               eval_data=cfg.eval_data and fsys.absolute(cfg.eval_data))
     tracking.check(cfg, cfg.checkpoint_storage)

@@ -41,7 +41,6 @@ def test_eval_requires_its_inputs():
 
 @pytest.mark.parametrize("arg, key", [
     ("limit=-1", "limit"),
-    ("rows_per_shard=0", "rows_per_shard"),
     ("commit_every_trajectories=0", "commit_every_trajectories"),
     ("max_error_fraction=1.5", "max_error_fraction"),
     ("unknown_outcome=maybe", "unknown_outcome"),
@@ -75,3 +74,14 @@ def test_max_model_len_refused_only_when_nothing_could_fit(qwen_tokenizer_path):
     row = trajectory("t", 1)
     with pytest.raises(PromptTooLong):
         PromptBuilder(AutoTokenizer.from_pretrained(qwen_tokenizer_path), c).build(row["messages"], False, 1)
+
+
+def test_a_config_built_in_code_is_validated_once_before_anything_runs(tmp_path):
+    """Stages do not re-validate: `run_direct` (what `label.run(cfg)` calls) validates a config built
+    in code, as `load_config` validates one from YAML."""
+    from pipeline.label import stage as label
+
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="^limit must be"):
+        label.run(LabelConfig(input=str(tmp_path / "in"), output=str(out), limit=-1))
+    assert not out.exists()
