@@ -10,13 +10,15 @@ The physical helpers underneath (URIs to filesystems, writing a file) are in pip
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import fsys, guards, record
-from pipeline.errors import InputNotFound
+from pipeline.errors import InputNotFound, UserError
+from pipeline.schema import check_version
 
 
 def exists(uri: str) -> bool:
@@ -115,3 +117,37 @@ def read_table(uri: str, schema: pa.Schema) -> pa.Table:
             if attempt == 2:
                 raise
     return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+@dataclass
+class Shards:
+    """The committed Parquet shards of one input, checked (`parquet_shards`)."""
+
+    fs: pafs.FileSystem  # for Ray Data's ``filesystem=``
+    files: list[str]  # URIs, in `list_files` order
+    paths: list[str]  # the same files as paths in `fs`
+    rows: int  # from the footers
+    columns: set[str]  # the columns every shard has
+
+
+def parquet_shards(uri: str, schema: pa.Schema, key: str, what: str, hint: str) -> Shards:
+    """The Parquet shards under `uri` (following commit records), each checked from its footer for
+    the schema version and for `schema`'s columns. None, or a shard of another table, is a
+    one-line `UserError` naming the config `key` and what to do (`hint`); a missing `uri` is
+    `InputNotFound`."""
+    files = list_files(uri, (".parquet",))
+    if not files:
+        raise UserError(f"{key}={uri} holds no {what} .parquet shards; {hint}")
+    fs = fsys.filesystem(uri)[0]
+    paths = [fsys.filesystem(f)[1] for f in files]
+    rows, common = 0, None
+    for f, p in zip(files, paths):
+        meta = pq.read_metadata(fs.open_input_file(p))
+        found = meta.schema.to_arrow_schema()
+        check_version(found, f)
+        missing = [n for n in schema.names if n not in found.names]
+        if missing:
+            raise UserError(f"{f}: not a {what} shard (missing columns {missing}); {hint}")
+        rows += meta.num_rows
+        common = set(found.names) if common is None else common & set(found.names)
+    return Shards(fs, files, paths, rows, common or set())

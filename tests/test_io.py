@@ -125,3 +125,20 @@ def test_unreadable_file_is_skipped_with_its_reason(tmp_path):
 def test_unsupported_scheme():
     with pytest.raises(ValueError, match="gs://"):
         fsys.filesystem("gs://bucket/x")
+
+
+def test_parquet_shards_checks_every_shard_and_names_the_key(tmp_path):
+    from pipeline.schema import STEP_LABEL
+
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    with pytest.raises(UserError, match=r"^labels=.* holds no step-label \.parquet shards; run jobs.label"):
+        io.parquet_shards(str(folder), STEP_LABEL, "labels", "step-label", "run jobs.label into it first")
+    row = {"traj_id": "t", "step": 0, "label": "good", "confidence": 1.0, "reason": None, "critic_model": "m",
+           "prompt_version": "p", "num_samples": 1, "run_id": "r", "prompt_tokens": 1, "completion_tokens": 1}
+    fsys.write_table(pa.Table.from_pylist([row, row], schema=STEP_LABEL), str(folder / "a.parquet"))
+    s = io.parquet_shards(str(folder), STEP_LABEL, "labels", "step-label", "hint")
+    assert s.rows == 2 and s.columns == set(STEP_LABEL.names) and len(s.paths) == len(s.files) == 1
+    fsys.write_table(pa.table({"traj_id": ["t"]}), str(folder / "b.parquet"))  # another table's shard
+    with pytest.raises(UserError, match=r"b\.parquet: not a step-label shard \(missing columns"):
+        io.parquet_shards(str(folder), STEP_LABEL, "labels", "step-label", "hint")

@@ -31,7 +31,6 @@ import json
 import sys
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
 from pipeline import fsys, io
@@ -45,7 +44,7 @@ from pipeline.commit import Output
 from pipeline.manifest import Stage, run_direct
 from pipeline.progress import Progress
 from pipeline.runtime import init_ray
-from pipeline.schema import STEP_LABEL, TRAJECTORY, check_version
+from pipeline.schema import STEP_LABEL, TRAJECTORY
 
 
 class BuildWorker:
@@ -69,34 +68,9 @@ class BuildWorker:
         )
 
 
-def _parquet_files(uri: str, schema: pa.Schema, what: str) -> tuple[object, list[str]]:
-    fs, paths, _ = _parquet_shards(uri, schema, what)
-    return fs, paths
-
-
-def _parquet_shards(uri: str, schema: pa.Schema, what: str) -> tuple[object, list[str], dict]:
-    """(filesystem, paths, {"rows": total rows from the footers, "columns": names in every shard})."""
-    files = io.list_files(uri, (".parquet",))
-    fs, _ = fsys.filesystem(uri)
-    paths = [fsys.filesystem(f)[1] for f in files]
-    rows, common = 0, None
-    for f, p in zip(files, paths):
-        meta = pq.read_metadata(fs.open_input_file(p))
-        found = meta.schema.to_arrow_schema()
-        check_version(found, f)
-        missing = [n for n in schema.names if n not in found.names]
-        if missing:
-            raise ValueError(f"{f}: not a {what} shard (missing columns {missing})")
-        rows += meta.num_rows
-        common = set(found.names) if common is None else common & set(found.names)
-    return fs, paths, {"rows": rows, "columns": common or set()}
-
-
 def _label_index(cfg: BuildConfig) -> tuple[pa.Table, dict]:
-    fs, paths = _parquet_files(cfg.labels, STEP_LABEL, "step-label")
-    if not paths:
-        raise FileNotFoundError(f"labels {cfg.labels!r} holds no .parquet shards")
-    ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(LABEL_COLUMNS).map_batches(
+    shards = io.parquet_shards(cfg.labels, STEP_LABEL, "labels", "step-label", "run jobs.label into it first")
+    ds = ray.data.read_parquet(shards.paths, filesystem=shards.fs).select_columns(LABEL_COLUMNS).map_batches(
         compact, batch_format="pyarrow", fn_kwargs={"labels": list(cfg.mask.labels), "threshold": cfg.mask.threshold}
     )
     parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
@@ -115,10 +89,9 @@ def _label_index(cfg: BuildConfig) -> tuple[pa.Table, dict]:
 def run(cfg: BuildConfig, out: Output | None = None) -> dict:
     if out is None:  # called directly: open, run and commit as the command does
         return run_direct(STAGE, cfg)
-    fs, paths, shards = _parquet_shards(cfg.trajectories, TRAJECTORY, "trajectory")
-    columns = TRAJ_COLUMNS + [c for c in OPTIONAL_TRAJ_COLUMNS if c in shards["columns"]]
-    if not paths:
-        raise FileNotFoundError(f"trajectories {cfg.trajectories!r} holds no .parquet shards")
+    shards = io.parquet_shards(cfg.trajectories, TRAJECTORY, "trajectories", "trajectory",
+                               "run jobs.ingest into it first")
+    columns = TRAJ_COLUMNS + [c for c in OPTIONAL_TRAJ_COLUMNS if c in shards.columns]
     # Load the tokenizer and probe its template here first: a refused template fails before Ray starts.
     info = MaskBuilder(cfg.model, cfg.chat_template, cfg.end_of_turn).info
     if not info.renders_tool_calls:
@@ -139,7 +112,7 @@ def run(cfg: BuildConfig, out: Output | None = None) -> dict:
         index_ref = [ray.put(index)]
         del index
 
-    records = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns).map_batches(
+    records = ray.data.read_parquet(shards.paths, filesystem=shards.fs).select_columns(columns).map_batches(
         BuildWorker,
         fn_constructor_kwargs={"cfg": cfg, "index_ref": index_ref},
         batch_size=cfg.batch_size,
@@ -157,7 +130,7 @@ def run(cfg: BuildConfig, out: Output | None = None) -> dict:
                         columns=columns)
     # Trajectories done of those in the input (from the Parquet footers); Ray Data's own progress
     # bars show the operators while the write runs.
-    Progress("build", shards["rows"], "trajectories").update(
+    Progress("build", shards.rows, "trajectories").update(
         done=summary["rows_in"], errors=summary["rows_errored"], force=True,
         documents=summary["documents_out"], excluded=summary["rows_excluded"])
     fsys.write_bytes(fsys.join(out.uri, "_summary.json"), json.dumps(summary, indent=2).encode())

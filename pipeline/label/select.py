@@ -19,9 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import fsys, io
-from pipeline.errors import UserError
 from pipeline.outcome import effective_resolved
-from pipeline.schema import TRAJECTORY, check_version
+from pipeline.schema import TRAJECTORY
 
 INPUT_COLUMNS = ["traj_id", "messages", "resolved", "num_steps"]  # what the critic actors read
 INPUT_SCHEMA = pa.schema([TRAJECTORY.field(n) for n in INPUT_COLUMNS])
@@ -32,24 +31,21 @@ SKIPS = ("skipped_resolved", "skipped_unknown_outcome", "skipped_no_steps", "ski
 def read_keys(input_uri: str) -> tuple[pa.Table, list[str]]:
     """The key columns of every input row with its position (``file`` index into the returned file
     list, ``row_group``, ``row`` within the group); fails at once on a missing or foreign input."""
-    files = io.list_files(input_uri, (".parquet",))
-    if not files:
-        raise UserError(f"input={input_uri} holds no trajectory .parquet shards; run jobs.ingest into it first")
+    shards = io.parquet_shards(input_uri, INPUT_SCHEMA, "input", "trajectory", "run jobs.ingest into it first")
     tables = []
-    for i, f in enumerate(files):
-        fs, path = fsys.filesystem(f)
-        pf = pq.ParquetFile(path, filesystem=fs)
-        check_version(pf.schema_arrow, f)
-        missing = [c for c in INPUT_COLUMNS if c not in pf.schema_arrow.names]
-        if missing:
-            raise UserError(f"{f}: not a trajectory shard (missing columns {missing}); run jobs.ingest first")
+    for i, path in enumerate(shards.paths):
+        pf = pq.ParquetFile(path, filesystem=shards.fs)
         for g in range(pf.num_row_groups):
             t = pf.read_row_group(g, columns=["traj_id", "resolved", "num_steps"])
             n = t.num_rows
             tables.append(t.append_column("file", pa.array([i] * n, pa.int32()))
                            .append_column("row_group", pa.array([g] * n, pa.int32()))
                            .append_column("row", pa.array(range(n), pa.int32())))
-    return pa.concat_tables(tables), files
+    if not tables:  # shards without row groups: no rows
+        tables = [pa.table({"traj_id": pa.array([], pa.string()), "resolved": pa.array([], pa.bool_()),
+                            "num_steps": pa.array([], pa.int32()), "file": pa.array([], pa.int32()),
+                            "row_group": pa.array([], pa.int32()), "row": pa.array([], pa.int32())})]
+    return pa.concat_tables(tables), shards.files
 
 
 @dataclass

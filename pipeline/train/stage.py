@@ -39,12 +39,8 @@ from pipeline.train.resume import plan_resume, run_identity
 
 
 def read_rows(uri: str) -> ray.data.Dataset:
-    files = io.list_files(uri, (".parquet",))  # fails at once on a missing input
-    if not files:
-        raise FileNotFoundError(f"data {uri!r} holds no .parquet files")
-    fs, _ = fsys.filesystem(uri)
-    paths = [fsys.filesystem(f)[1] for f in files]
-    return ray.data.read_parquet(paths, filesystem=fs, schema=TRAINING_ROW, columns=COLUMNS)
+    shards = io.parquet_shards(uri, TRAINING_ROW, "data", "training-row", "run jobs.build into it first")
+    return ray.data.read_parquet(shards.paths, filesystem=shards.fs, schema=TRAINING_ROW, columns=COLUMNS)
 
 
 def storage(cfg: TrainConfig) -> tuple[str, object]:
