@@ -53,14 +53,20 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     recipes: list[str] = field(default_factory=lambda: list(RECIPES))
     train_runs: int = 3000  # scripted runs in each seed's training pool (fresh data: fewer epochs)
+    # render the three tool schemas into every prompt (the rows' `tools`). Off by default: they are
+    # ~430 of a 900-token expert run, and with them the student did not learn to copy the failing
+    # module's name (docs/experiment.md, "What we tried"); the rows then carry no `tools`, which
+    # ingest and build take as a trajectory without schemas, and evaluation renders likewise.
+    tool_schemas: bool = False
     eval_tasks: int = 20  # held-out tasks for the decision-point probes
     closed_loop_tasks: int = 8  # held-out tasks the student acts on, greedy
     # sampled closed loop (temperature closed_loop_temperature): samples per task, 0 = not run
     closed_loop_samples: int = 0
     closed_loop_temperature: float = 1.0
-    # loss tokens per training run, the same for every recipe; sized for the 30-minute budget on
-    # 2 cores (docs/experiment.md, "Results")
-    trained_tokens: int = 200_000
+    # loss tokens per training run, the same for every recipe: ~3,000 one-row steps for rft, the
+    # length at which the student first acted (docs/experiment.md, "What we tried"). `make
+    # experiment` runs the token-level table at 200,000 (with tool_schemas=true) to fit its budget.
+    trained_tokens: int = 2_300_000
     lr: float = 1e-2
     seq_len: int = 2048  # packed row length
     micro_batch_size: int = 1  # packed rows per optimizer step: the student needs steps (see docs)
@@ -81,6 +87,11 @@ def log(msg: str) -> None:
 
 def training_pool(cfg: ExperimentConfig, seed: int) -> list[gen.Run]:
     return gen.generate(make_tasks(1000 + seed, cfg.train_runs, f"train{seed}"), gen.Mix(**cfg.mix), seed)
+
+
+def pool_rows(runs: list[gen.Run], tool_schemas: bool) -> list[dict]:
+    """The runs as ingest input rows, with the tool schemas (`tools`) or without (None)."""
+    return [{**r.row, "tools": TOOLS if tool_schemas else None} for r in runs]
 
 
 def mistake_frequencies(runs: list[gen.Run], labels: list[dict], recipe: str, threshold: float) -> dict:
@@ -161,7 +172,7 @@ def closed_loops(cfg: ExperimentConfig, seed: int, student: ev.Student) -> dict:
 
 def evaluate_base(cfg: ExperimentConfig, seed: int, student_dir: Path) -> dict:
     """The paper's `base` row: the shared initialisation, untrained, measured as every recipe is
-    (prompts with the tool schemas, as every build here renders them)."""
+    (prompts with the tool schemas exactly when `tool_schemas` puts them into the built rows)."""
     done = Path(cfg.out) / f"seed{seed}" / BASE / "eval.json"
     if done.exists() and not cfg.force:
         return json.loads(done.read_text())
@@ -171,7 +182,7 @@ def evaluate_base(cfg: ExperimentConfig, seed: int, student_dir: Path) -> dict:
     import torch
 
     s = ev.Student(AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).eval(),
-                   AutoTokenizer.from_pretrained(student_dir), TOOLS)
+                   AutoTokenizer.from_pretrained(student_dir), TOOLS if cfg.tool_schemas else None)
     result = {"seed": seed, "name": BASE, "recipe": BASE, "threshold": None, "train_rows": 0, "steps": 0,
               "trained_tokens": 0, "build_trained_tokens": 0, "build_masked_tokens": 0,
               "decision_points": ev.decision_points(s, make_tasks(5000 + seed, cfg.eval_tasks, f"eval{seed}")),
@@ -253,7 +264,7 @@ def run(cfg: ExperimentConfig) -> list[dict]:
         labels = gen.label_rows(runs)
         if cfg.force or not (data / "trajectories").exists():
             t = time.time()
-            stages.write_rows([r.row for r in runs], data / "rows" / "runs.jsonl")
+            stages.write_rows(pool_rows(runs, cfg.tool_schemas), data / "rows" / "runs.jsonl")
             stages.ingest(data / "rows", data / "trajectories")
             stages.write_labels(labels, data / "labels")
             log(f"seed {seed}: {len(runs)} runs ingested in {time.time() - t:.0f}s")

@@ -13,6 +13,7 @@ REDUCED = [
     "seeds=[0]",
     "recipes=[rft,unresolved_nomask,srft_unresolved]",
     "train_runs=3000",
+    "tool_schemas=true",  # the setting of the measured run (make experiment's), not the acting default
     "trained_tokens=200000",
     "eval_tasks=20",
     "closed_loop_tasks=8",
