@@ -136,7 +136,8 @@ def prompt_table(rows: list[dict], before_ref: str, argv: list[str]) -> list[str
 
 def throughput(model: Path, traj_uri: str, actors: int, out: str, num_samples: int) -> dict:
     from pipeline.label.config import CriticConfig, LabelConfig, PoolConfig
-    from pipeline.label.stage import run
+    from pipeline.label.stage import STAGE as LABEL
+    from pipeline.manifest import run_direct
 
     critic = CriticConfig(
         model=str(model), max_model_len=4096, dtype="float32", enforce_eager=True, num_samples=num_samples,
@@ -144,7 +145,7 @@ def throughput(model: Path, traj_uri: str, actors: int, out: str, num_samples: i
         env={"VLLM_CPU_KVCACHE_SPACE": "1"}, pool=PoolConfig(min=actors, max=actors),
     )
     t = time.perf_counter()
-    s = run(LabelConfig(input=traj_uri, output=out, critic=critic))
+    s = run_direct(LABEL, LabelConfig(input=traj_uri, output=out, critic=critic))
     s["wall_s"] = round(time.perf_counter() - t, 1)
     return s
 

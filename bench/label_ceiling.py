@@ -132,13 +132,14 @@ def bare(c, traj_uri: str) -> dict:
 
 def stage(c, traj_uri: str, out: str) -> dict:
     from pipeline.label.config import LabelConfig
-    from pipeline.label.stage import run
+    from pipeline.label.stage import STAGE as LABEL
+    from pipeline.manifest import run_direct
     from pipeline.runtime import init_ray
 
     t0 = time.perf_counter()
     init_ray()  # timed apart: a cluster job finds Ray running
     t1 = time.perf_counter()
-    s = run(LabelConfig(input=traj_uri, output=out, critic=c))
+    s = run_direct(LABEL, LabelConfig(input=traj_uri, output=out, critic=c))
     t2 = time.perf_counter()
     return {"ray_start_s": t1 - t0, "wall_s": t2 - t1, "summary": s}
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 from pipeline import fsys, io
 from pipeline.commit import Output
 from pipeline.errors import InputNotFound, UserError
-from pipeline.manifest import Stage, run_direct
+from pipeline.manifest import Stage
 from pipeline.schema import LABELS, STEP_LABEL
 
 SOURCE = "reference labels (hand-made)"
@@ -60,9 +60,7 @@ def read_reference(uri: str, name: str) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=STEP_LABEL)
 
 
-def run(cfg: ReferenceLabelsConfig, out: Output | None = None) -> dict:
-    if out is None:
-        return run_direct(STAGE, cfg)
+def run(cfg: ReferenceLabelsConfig, out: Output) -> dict:
     table = read_reference(cfg.input, cfg.name)
     fsys.write_table(table, fsys.join(out.uri, "part-0.parquet"))
     counts = {lab: table["label"].to_pylist().count(lab) for lab in LABELS}

@@ -1,6 +1,7 @@
 from dataclasses import dataclass, field
 
 import pytest
+
 from pipeline.config import load_config, redacted
 from pipeline.errors import UserError
 from pipeline.ingest.config import IngestConfig

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import fsys, io, record, tables
+from pipeline.manifest import run_direct
 from pipeline.schema import BUILD_ERROR, LABEL_ERROR, QUARANTINE, STEP_LABEL, TRAINING_ROW, TRAJECTORY
 from tests.label.fake_critic import FakeCritic
 from tests.label.helpers import trajectory, write_trajectories
@@ -60,12 +61,11 @@ READERS = {"pandas": by_pandas, "polars": by_polars, "duckdb": by_duckdb, "ray":
 @pytest.fixture(scope="module")
 def outputs(ray_session, shared_data, qwen_tokenizer_path, tmp_path_factory):
     from pipeline.build.config import BuildConfig, PackConfig
-    from pipeline.build.stage import run as build
+    from pipeline.build.stage import STAGE as BUILD
     from pipeline.ingest.config import IngestConfig
     from pipeline.ingest.stage import STAGE as INGEST
     from pipeline.label import stage as label
     from pipeline.label.config import CriticConfig, LabelConfig, OpenAIConfig
-    from pipeline.manifest import run_direct
 
     root = tmp_path_factory.mktemp("tables")
     inp = root / "input"
@@ -86,21 +86,21 @@ def outputs(ray_session, shared_data, qwen_tokenizer_path, tmp_path_factory):
             return CriticConfig(backend="openai", model="fake-critic", tokenizer=str(qwen_tokenizer_path),
                                 seed=seed, openai=OpenAIConfig(base_url=server.url, api_key_env=KEY_ENV))
 
-        first = label.run(LabelConfig(input=traj, output=labels, critic=critic(0)))
+        first = run_direct(label.STAGE, LabelConfig(input=traj, output=labels, critic=critic(0)))
         first_commit = record.read_commit(labels)
         first_rows = io.read_table(labels, STEP_LABEL)
-        second = label.run(LabelConfig(input=traj, output=labels, replace=True, critic=critic(1)))
+        second = run_direct(label.STAGE, LabelConfig(input=traj, output=labels, replace=True, critic=critic(1)))
         # The real runs all label; error rows come from trajectories the test critic answers badly.
         synthetic = write_trajectories([trajectory(f"{b}.{i}", 2) for b in ("good", "http500", "null_choice")
                                         for i in range(2)], str(root / "synthetic"))
-        failing = label.run(LabelConfig(input=synthetic, output=str(root / "labels_errors"), max_error_fraction=1.0,
+        failing = run_direct(label.STAGE, LabelConfig(input=synthetic, output=str(root / "labels_errors"), max_error_fraction=1.0,
                                         critic=critic(0)))
     finally:
         server.stop()
         os.environ.pop(KEY_ENV, None)
     assert first["rows_out"] > 0 and second["rows_out"] > 0 and failing["trajectories_errored"] == 4
 
-    built = build(BuildConfig(trajectories=traj, labels=labels, output=rows, model=str(qwen_tokenizer_path),
+    built = run_direct(BUILD, BuildConfig(trajectories=traj, labels=labels, output=rows, model=str(qwen_tokenizer_path),
                               recipe="srft_mix", max_seq_len=32768, unknown_outcome="exclude",
                               pack=PackConfig(enabled=True, seq_len=40000), batch_size=2, num_workers=1))
     assert built["rows_out"] > 0 and built["rows_excluded"] > 0

@@ -41,7 +41,7 @@ from pipeline.build.records import OPTIONAL_TRAJ_COLUMNS, TRAJ_COLUMNS, build_re
 from pipeline.build.sink import SIDE_FOLDERS, TrainingRowSink, combine
 from pipeline.build.summary import summarize
 from pipeline.commit import Output
-from pipeline.manifest import Stage, run_direct
+from pipeline.manifest import Stage
 from pipeline.progress import Progress
 from pipeline.runtime import init_ray
 from pipeline.schema import STEP_LABEL, TRAJECTORY
@@ -86,9 +86,7 @@ def _label_index(cfg: BuildConfig) -> tuple[pa.Table, dict]:
     }
 
 
-def run(cfg: BuildConfig, out: Output | None = None) -> dict:
-    if out is None:  # called directly: open, run and commit as the command does
-        return run_direct(STAGE, cfg)
+def run(cfg: BuildConfig, out: Output) -> dict:
     shards = io.parquet_shards(cfg.trajectories, TRAJECTORY, "trajectories", "trajectory",
                                "run jobs.ingest into it first")
     columns = TRAJ_COLUMNS + [c for c in OPTIONAL_TRAJ_COLUMNS if c in shards.columns]

@@ -25,7 +25,7 @@ from pipeline.commit import Output
 from pipeline.errors import StageFailed, UserError
 from pipeline.export.config import ExportConfig
 from pipeline.export.convert import EXPORT_ERROR, check_row, convert_row, schema_for, trained_tokens
-from pipeline.manifest import Stage, run_direct
+from pipeline.manifest import Stage
 from pipeline.progress import Progress
 from pipeline.schema import TRAINING_ROW, check_version
 
@@ -37,9 +37,7 @@ def _row_trained(mask: np.ndarray, cu: np.ndarray) -> int:
     return int(trained.sum())
 
 
-def run(cfg: ExportConfig, out: Output | None = None) -> dict:
-    if out is None:  # called directly: open, run and commit as the command does
-        return run_direct(STAGE, cfg)
+def run(cfg: ExportConfig, out: Output) -> dict:
     unpack = cfg.unpacked()
     schema = schema_for(cfg.format, unpack)
     files = io.list_files(cfg.rows, (".parquet",))

@@ -27,7 +27,7 @@ from pipeline.ingest.dedup import duplicate_keys, mark_duplicates
 from pipeline.ingest.read import RECORD, SUFFIXES, quarantined, read_file_batches, trajectories
 from pipeline.ingest.resolution import read_resolution
 from pipeline.ingest.summary import SUMMARY_COLUMNS, summarize, summary_keys
-from pipeline.manifest import Stage, run_direct
+from pipeline.manifest import Stage
 from pipeline.runtime import init_ray
 from pipeline.schema import QUARANTINE, TRAJECTORY
 
@@ -70,9 +70,7 @@ def _read_resolution(cfg: IngestConfig):
         raise UserError(f"resolution={cfg.resolution}: no such file or folder") from None
 
 
-def run(cfg: IngestConfig, out: Output | None = None) -> dict:
-    if out is None:  # called directly: open, run and commit as the command does
-        return run_direct(STAGE, cfg)
+def run(cfg: IngestConfig, out: Output) -> dict:
     files, skipped = _list_inputs(cfg)
     resolution, resolution_report = _read_resolution(cfg)
     init_ray()

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import ray
 
 from pipeline import fsys
+from pipeline.commit import Output
 from pipeline.config import redacted
 from pipeline.errors import StageFailed, UserError
 from pipeline.label.actor import CriticActor
@@ -53,7 +54,7 @@ from pipeline.label.store import (
     write_outcomes,
 )
 from pipeline.label.tally import LabelTally
-from pipeline.manifest import Stage, run_direct
+from pipeline.manifest import Stage
 from pipeline.progress import Progress
 from pipeline.runtime import init_ray
 from pipeline.schema import LABEL_ERROR
@@ -160,11 +161,9 @@ class Committer:
             self.since, self.last, self.commits = 0, time.monotonic(), self.commits + 1
 
 
-def run(cfg: LabelConfig, out=None) -> dict:
-    """The stage. `out` is the opened output (pipeline.commit.Output) that `run_stage` passes;
-    called without one (tests, notebooks), it runs through `run_stage` like the command does."""
-    if out is None:
-        return run_direct(STAGE, cfg)
+def run(cfg: LabelConfig, out: Output) -> dict:
+    """The stage, writing under the opened output `out` that `run_stage` passes (tests and
+    notebooks call ``run_direct(STAGE, cfg)``, which opens, runs and commits as the command does)."""
     if cfg.errors and cfg.errors.rstrip("/") != fsys.join(cfg.output, ERRORS):
         raise UserError(f"errors={cfg.errors}: error rows are committed with the labels in <output>/{ERRORS}; "
                         "unset errors")

@@ -14,14 +14,12 @@ import json
 
 from pipeline import fsys
 from pipeline.commit import Output
-from pipeline.manifest import Stage, run_direct
+from pipeline.manifest import Stage
 from pipeline.report.build import make_report
 from pipeline.report.config import ReportConfig
 
 
-def run(cfg: ReportConfig, out: Output | None = None) -> dict:
-    if out is None:  # called directly: open, run and commit as the command does
-        return run_direct(STAGE, cfg)
+def run(cfg: ReportConfig, out: Output) -> dict:
     run_id = out.run_id
     report, files = make_report(cfg, run_id)
     staging = out.uri  # this run's version folder; run_stage commits it

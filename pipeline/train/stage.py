@@ -28,7 +28,7 @@ from pipeline import fsys, io
 from pipeline.commit import Output
 from pipeline.config import redacted
 from pipeline.errors import UserError
-from pipeline.manifest import Stage, run_direct
+from pipeline.manifest import Stage
 from pipeline.runtime import init_ray, new_run_id, verbose
 from pipeline.schema import TRAINING_ROW
 from pipeline.train import checkpoint as ckpt
@@ -76,9 +76,7 @@ def eval_rows(cfg: TrainConfig, ds: ray.data.Dataset) -> tuple[ray.data.Dataset,
     return train, held, n_eval
 
 
-def run(cfg: TrainConfig, out: Output | None = None) -> dict:
-    if out is None:  # called directly: open, run and commit as the command does
-        return run_direct(STAGE, cfg)
+def run(cfg: TrainConfig, out: Output) -> dict:
     # Train workers do not run in this working directory.
     # Workers write metrics, the export and _summary.json into this run's version folder (out.uri,
     # absolute; run_stage commits it). Checkpoints live beside the versions, across runs.

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from pipeline import fsys, io
 from pipeline.build.config import BuildConfig, MaskConfig, PackConfig
+from pipeline.manifest import run_direct
 from pipeline.record import read_commit
 from pipeline.schema import BUILD_ERROR, TRAINING_ROW, TRAJECTORY
 
@@ -31,7 +32,7 @@ def test_two_builds_give_identical_rows(ray_session, real_rows, builder, tmp_pat
     two actors fed one trajectory at a time finish out of order; a small packing window makes the
     packed rows depend on the order the documents arrive in. pack.window=1 makes packing units of
     at least 4 records (sink.UNIT_WINDOWS x pack.window)."""
-    from pipeline.build.stage import run
+    from pipeline.build.stage import STAGE as BUILD
 
     rows = sorted((dict(r) for r in real_rows), key=lambda r: -len(str(r["messages"])))
     short = rows[len(rows) // 2:]  # the shorter half, after one long trajectory
@@ -53,7 +54,7 @@ def test_two_builds_give_identical_rows(ray_session, real_rows, builder, tmp_pat
             pack=PackConfig(enabled=True, seq_len=24000, window=1, max_open_bins=2),
             batch_size=1, num_workers=2, rows_per_shard=2,
         )
-        summary = run(cfg)
+        summary = run_direct(BUILD, cfg)
         assert summary["documents_out"] >= 6 and summary["rows_out"] >= 3
         digest, table = shard_digest(cfg.output, TRAINING_ROW)
         errors = io.read_table(f"{cfg.output}/_excluded", BUILD_ERROR).to_pylist()

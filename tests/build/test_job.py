@@ -12,6 +12,7 @@ from pipeline import fsys, io, tables
 from pipeline.build.builder import Built, Conversation
 from pipeline.build.config import BuildConfig, MaskConfig, PackConfig
 from pipeline.build.packing import unpack_row
+from pipeline.manifest import run_direct
 from pipeline.schema import BUILD_ERROR, TRAINING_ROW, TRAJECTORY
 
 from .conftest import labels_table
@@ -39,7 +40,7 @@ def inputs(real_rows, tmp_path_factory):
 
 
 def test_build_srft_mix_packed_to_s3(ray_session, s3_bucket, inputs, builder):
-    from pipeline.build.stage import run
+    from pipeline.build.stage import STAGE as BUILD
 
     root, rows, _labelled, unlabeled_id = inputs
     out = f"{s3_bucket}/train_rows"
@@ -49,7 +50,7 @@ def test_build_srft_mix_packed_to_s3(ray_session, s3_bucket, inputs, builder):
         mask=MaskConfig(labels=["mistake"], threshold=0.5), pack=PackConfig(enabled=True, seq_len=40000),
         batch_size=2, num_workers=1, unknown_outcome="exclude",
     )
-    s = run(cfg)
+    s = run_direct(BUILD, cfg)
     assert s["rows_in"] == len(rows) == s["documents_out"] + s["rows_errored"] + s["rows_excluded"]
     assert s["exclusions"].get("unlabeled") == 1 and s["exclusions"].get("resolution_unknown") == 1
     assert s["rows_errored"] == 0

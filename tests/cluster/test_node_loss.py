@@ -35,6 +35,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.manifest import run_direct
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -118,7 +120,7 @@ def scenario_label(work: Path, args: dict) -> dict:
     result: dict = {}
 
     t0 = time.monotonic()
-    driver = _start_driver(lambda: label.run(cfg), result)
+    driver = _start_driver(lambda: run_direct(label.STAGE, cfg), result)
     while sum(server.requests.values()) < args["remove_after"] and driver.is_alive():
         time.sleep(0.2)
     busy = _busy_gpu_nodes()
@@ -178,7 +180,7 @@ def scenario_build(work: Path, args: dict) -> dict:
 
     from pipeline import fsys, io
     from pipeline.build.config import BuildConfig, MaskConfig, PackConfig
-    from pipeline.build.stage import run as build
+    from pipeline.build.stage import STAGE as BUILD
     from pipeline.schema import TRAJECTORY
     from tests.build.conftest import labels_table
     from tests.label.helpers import trajectory
@@ -210,7 +212,7 @@ def scenario_build(work: Path, args: dict) -> dict:
     for n, lose in ((0, False), (1, True)):
         done: dict = {}
         t0 = time.monotonic()
-        driver = _start_driver(lambda n=n: build(config(n)), done)
+        driver = _start_driver(lambda n=n: run_direct(BUILD, config(n)), done)
         if lose:
             victims: list = []
             while driver.is_alive() and not victims:

@@ -19,6 +19,7 @@ from pipeline.build.config import BuildConfig, MaskConfig, PackConfig
 from pipeline.errors import UserError
 from pipeline.inspect.config import InspectConfig
 from pipeline.inspect.render import COLOURS, MASKED_RGB
+from pipeline.manifest import run_direct
 from pipeline.schema import STEP_LABEL, TRAJECTORY
 
 STEPS = 6
@@ -52,7 +53,7 @@ def label_rows(tid: str, run_id: str = "r1", flip: bool = False) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def built(ray_session, qwen_tokenizer_path, tmp_path_factory):
-    from pipeline.build.stage import run
+    from pipeline.build.stage import STAGE as BUILD
 
     root = tmp_path_factory.mktemp("inspect")
     trajs = [trajectory("solved", True), trajectory("failed", False), trajectory("unknown", None)]
@@ -62,7 +63,7 @@ def built(ray_session, qwen_tokenizer_path, tmp_path_factory):
     cfg = BuildConfig(trajectories=str(root / "traj"), labels=str(root / "labels"), output=str(root / "rows"),
                       model=str(qwen_tokenizer_path), recipe="srft_mix", mask=MaskConfig(threshold=0.9),
                       pack=PackConfig(seq_len=4096), batch_size=4, num_workers=1)
-    summary = run(cfg)
+    summary = run_direct(BUILD, cfg)
     assert summary["documents_out"] == 3 and summary["rows_errored"] == 0
     return root, summary
 

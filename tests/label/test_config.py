@@ -7,6 +7,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.errors import UserError
 from pipeline.label.config import EvalCriticConfig, LabelConfig, confidence_mode
+from pipeline.manifest import run_direct
 
 REQUIRED = ["input=t", "output=l", "critic.model=m"]
 
@@ -83,5 +84,5 @@ def test_a_config_built_in_code_is_validated_once_before_anything_runs(tmp_path)
 
     out = tmp_path / "out"
     with pytest.raises(UserError, match="^limit must be"):
-        label.run(LabelConfig(input=str(tmp_path / "in"), output=str(out), limit=-1))
+        run_direct(label.STAGE, LabelConfig(input=str(tmp_path / "in"), output=str(out), limit=-1))
     assert not out.exists()

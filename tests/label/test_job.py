@@ -12,6 +12,7 @@ from pipeline.label import eval_critic
 from pipeline.label import stage as label
 from pipeline.label.config import CriticConfig, EvalCriticConfig, LabelConfig, PoolConfig
 from pipeline.label.prompt import PROMPT_VERSION
+from pipeline.manifest import run_direct
 from pipeline.schema import LABEL_ERROR, LABELS, STEP_LABEL
 from tests.label.helpers import trajectory, write_trajectories
 
@@ -54,7 +55,7 @@ def test_label_resume_and_eval(ray_session, tiny_qwen2_path, traj_input, tmp_pat
     cfg = LabelConfig(input=traj_input, output=out, critic=tiny_critic(tiny_qwen2_path),
                       max_error_fraction=1.0)
     _seed_label(out, "u0", 2, label.critic_name(cfg))  # resume: u0 is already done
-    s = label.run(cfg)
+    s = run_direct(label.STAGE, cfg)
     # default: unresolved and unknown-outcome trajectories only; u0 skipped as already labelled
     assert s["rows_in"] == 6 and s["skipped_resolved"] == 1 and s["skipped_already_labelled"] == 1
     assert s["skipped_no_steps"] == 1  # nothing to label: counted, neither sent nor an error
@@ -82,7 +83,7 @@ def test_label_resume_and_eval(ray_session, tiny_qwen2_path, traj_input, tmp_pat
 
     # Re-run without retrying errors: idempotent, nothing selected, so no engine starts
     cfg.retry_errors = False
-    again = label.run(cfg)
+    again = run_direct(label.STAGE, cfg)
     assert again["trajectories_selected"] == 0 and again["skipped_already_labelled"] == len(labelled)
     assert again["skipped_previous_error"] == s["trajectories_errored"]
     assert io.read_table(out, STEP_LABEL).num_rows == t.num_rows
@@ -90,7 +91,7 @@ def test_label_resume_and_eval(ray_session, tiny_qwen2_path, traj_input, tmp_pat
 
     # Selection only (limit=0: nothing runs): errors are retried by default, label_resolved adds r0
     cfg.retry_errors, cfg.limit, cfg.critic.label_resolved = True, 0, True
-    sel = label.run(cfg)
+    sel = run_direct(label.STAGE, cfg)
     assert sel["skipped_resolved"] == 0 and sel["skipped_limit"] == 1 + s["trajectories_errored"]
 
     # the eval harness on these labels against themselves: perfect scores, full confusion
@@ -109,10 +110,10 @@ def test_other_critic_refused(ray_session, tiny_qwen2_path, traj_input, tmp_path
     out = str(tmp_path / "labels")
     _seed_label(out, "u0", 1, "another", "p0")
     with pytest.raises(UserError, match="another critic"):
-        label.run(LabelConfig(input=traj_input, output=out, critic=tiny_critic(tiny_qwen2_path)))
+        run_direct(label.STAGE, LabelConfig(input=traj_input, output=out, critic=tiny_critic(tiny_qwen2_path)))
 
 
 def test_missing_input_fails_at_once(tmp_path, tiny_qwen2_path):
     with pytest.raises(FileNotFoundError):
-        label.run(LabelConfig(input=str(tmp_path / "nope"), output=str(tmp_path / "o"),
+        run_direct(label.STAGE, LabelConfig(input=str(tmp_path / "nope"), output=str(tmp_path / "o"),
                               critic=tiny_critic(tiny_qwen2_path)))

@@ -17,6 +17,7 @@ from pipeline import fsys, io
 from pipeline.errors import StageFailed, UserError
 from pipeline.label import stage as label
 from pipeline.label.config import CriticConfig, LabelConfig, OpenAIConfig
+from pipeline.manifest import run_direct
 from pipeline.record import read_commit
 from pipeline.schema import LABEL_ERROR, LABELS, STEP_LABEL, TRAJECTORY
 from tests.label.fake_critic import FakeCritic
@@ -57,7 +58,7 @@ def test_misbehaving_critic_never_kills_the_job(ray_session, qwen_tokenizer_path
     cfg = LabelConfig(input=inp, output=out, max_error_fraction=1.0, commit_every_trajectories=4,
                       critic=http_critic(critic_server, qwen_tokenizer_path))
     started = time.monotonic()
-    s = label.run(cfg)
+    s = run_direct(label.STAGE, cfg)
     elapsed = time.monotonic() - started
 
     # every trajectory ends labelled or as exactly one error row with the expected reason
@@ -121,7 +122,7 @@ def test_too_many_errors_fail_the_run_after_committing(ray_session, qwen_tokeniz
     cfg = LabelConfig(input=inp, output=out, critic=http_critic(critic_server, qwen_tokenizer_path, max_retries=0))
     assert cfg.max_error_fraction == 0.1
     with pytest.raises(StageFailed, match="3 of 4 selected trajectories errored"):
-        label.run(cfg)
+        run_direct(label.STAGE, cfg)
     c = read_commit(out)
     assert c.status == "failed" and "max_error_fraction" in c.reason
     assert c.manifest["summary"]["trajectories_errored"] == 3
@@ -143,17 +144,17 @@ def test_second_run_into_an_output_in_use_is_refused(ray_session, qwen_tokenizer
                                critic=http_critic(slow, qwen_tokenizer_path, batch_size=1, num_samples=1))
 
         first: dict = {}
-        worker = threading.Thread(target=lambda: first.update(label.run(cfg())))
+        worker = threading.Thread(target=lambda: first.update(run_direct(label.STAGE, cfg())))
         worker.start()
         deadline = time.monotonic() + 120
         while not Path(out, "_lock.json").exists():
             assert worker.is_alive() and time.monotonic() < deadline, "the first run never took the lock"
             time.sleep(0.05)
         with pytest.raises(UserError, match="in use|lock|running"):
-            label.run(cfg())
+            run_direct(label.STAGE, cfg())
         worker.join(timeout=300)
         assert first["trajectories_labelled"] == 4
-        again = label.run(cfg())  # after the first: nothing left to label, nothing written twice
+        again = run_direct(label.STAGE, cfg())  # after the first: nothing left to label, nothing written twice
         assert again["trajectories_selected"] == 0 and again["skipped_already_labelled"] == 4
         t = io.read_table(out, STEP_LABEL)
         assert t.num_rows == 8 and unique_pairs(t)
@@ -179,7 +180,7 @@ def test_real_trajectories_through_a_well_behaved_critic(ray_session, qwen_token
     out = str(tmp_path / "labels")
     critic = CriticConfig(backend="openai", model="fake-critic", tokenizer=str(qwen_tokenizer_path),
                           openai=OpenAIConfig(base_url=critic_server.url, api_key_env=KEY_ENV))
-    s = label.run(LabelConfig(input=traj, output=out, critic=critic))
+    s = run_direct(label.STAGE, LabelConfig(input=traj, output=out, critic=critic))
     with_steps = {t for t, n in wanted.items() if n}
     assert s["trajectories_selected"] == len(wanted) and s["trajectories_labelled"] == len(with_steps)
     assert s["skipped_unknown_outcome"] == 0 and s["error_reasons"] == ({"no_steps": len(wanted) - len(with_steps)}
@@ -189,7 +190,7 @@ def test_real_trajectories_through_a_well_behaved_critic(ray_session, qwen_token
     assert s["prompt_to_trajectory_tokens"] and s["prompt_to_trajectory_tokens"] < 1.5
 
     # unknown_outcome=exclude: the .traj files without a report are skipped, counted
-    excl = label.run(LabelConfig(input=traj, output=str(tmp_path / "labels-excl"), unknown_outcome="exclude",
+    excl = run_direct(label.STAGE, LabelConfig(input=traj, output=str(tmp_path / "labels-excl"), unknown_outcome="exclude",
                                  limit=0, allow_empty=True, critic=critic))
     unknown = sum(r is None for r in keys["resolved"].to_pylist())
     assert excl["skipped_unknown_outcome"] == unknown and excl["trajectories_selected"] == 0
@@ -239,7 +240,7 @@ def test_killed_run_keeps_its_commits_and_the_rerun_labels_only_the_rest(
         time.sleep(3.5)  # the killed run's lock expires (SRFT_LOCK_TTL_S=3)
         cfg = LabelConfig(input=inp, output=out, commit_every_trajectories=1, critic=http_critic(
             slow, qwen_tokenizer_path, num_samples=1, batch_size=1))
-        s = label.run(cfg)
+        s = run_direct(label.STAGE, cfg)
         assert s["skipped_already_labelled"] == len(kept) and s["trajectories_labelled"] == len(rows) - len(kept)
         t = io.read_table(out, STEP_LABEL)
         assert t.num_rows == 2 * len(rows) and unique_pairs(t) and read_commit(out).status == "complete"

@@ -18,6 +18,7 @@ import pytest
 from pipeline import io
 from pipeline.label import stage as label
 from pipeline.label.config import CriticConfig, LabelConfig, OpenAIConfig, PoolConfig
+from pipeline.manifest import run_direct
 from pipeline.schema import LABELS, STEP_LABEL, TRAJECTORY
 from tests.label.helpers import trajectory, write_trajectories
 
@@ -55,7 +56,7 @@ def critic(model, **kw):
 
 def test_smollm2_vllm_actor(ray_session, smollm2_path, small_input, tmp_path):
     out = str(tmp_path / "labels")
-    _check(out, label.run(LabelConfig(input=small_input, output=out, critic=critic(smollm2_path))), SMALL_STEPS)
+    _check(out, run_direct(label.STAGE, LabelConfig(input=small_input, output=out, critic=critic(smollm2_path))), SMALL_STEPS)
 
 
 def _free_port() -> int:
@@ -99,7 +100,7 @@ def test_smollm2_openai_backend(ray_session, smollm2_path, openai_server, small_
     out = str(tmp_path / "labels")
     c = critic("smollm2", backend="openai", tokenizer=str(smollm2_path),
                openai=OpenAIConfig(base_url=openai_server, api_key_env="SRFT_TEST_KEY", concurrency=2))
-    _check(out, label.run(LabelConfig(input=small_input, output=out, critic=c)), SMALL_STEPS)
+    _check(out, run_direct(label.STAGE, LabelConfig(input=small_input, output=out, critic=c)), SMALL_STEPS)
 
 
 def demo_critic(model) -> CriticConfig:
@@ -136,7 +137,7 @@ def test_default_config_labels_every_real_trajectory(ray_session, smollm2_path, 
 
     out = str(tmp_path / "labels")
     t = time.time()
-    s = label.run(LabelConfig(input=traj, output=out, critic=demo_critic(smollm2_path)))
+    s = run_direct(label.STAGE, LabelConfig(input=traj, output=out, critic=demo_critic(smollm2_path)))
     print(f"\n[slow] {len(steps)} real trajectories labelled in {time.time() - t:.0f} s: "
           f"{s.get('calls_per_trajectory')} calls/trajectory, prompt/trajectory tokens "
           f"{s.get('prompt_to_trajectory_tokens')}")

@@ -10,6 +10,7 @@ import pytest
 from pipeline import fsys, io
 from pipeline.label import stage as label
 from pipeline.label.config import LabelConfig
+from pipeline.manifest import run_direct
 from pipeline.schema import LABEL_ERROR, STEP_LABEL
 from tests.label.helpers import trajectory, write_trajectories
 from tests.label.test_job import tiny_critic
@@ -31,7 +32,7 @@ def test_tp2_labels_as_tp1_under_greedy(ray_session, tiny_qwen2_path, tmp_path):
     for tp in (1, 2):
         critic = tiny_critic(tiny_qwen2_path, tensor_parallel_size=tp, num_samples=1, max_retries=0, batch_size=6)
         assert "VLLM_CPU_OMP_THREADS_BIND" not in critic.env  # nothing but the TP key differs
-        s = label.run(LabelConfig(input=src, output=str(tmp_path / f"tp{tp}"), critic=critic,
+        s = run_direct(label.STAGE, LabelConfig(input=src, output=str(tmp_path / f"tp{tp}"), critic=critic,
                                   max_error_fraction=1.0))  # a random model: its error share is not the subject
         assert s["trajectories_labelled"] + s["trajectories_errored"] == 6
         assert "engine_dead" not in s["error_reasons"], s["error_reasons"]

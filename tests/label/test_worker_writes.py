@@ -19,6 +19,7 @@ from pipeline.label import stage as label
 from pipeline.label.config import LabelConfig
 from pipeline.label.select import SKIPS, read_keys, read_rows, select
 from pipeline.label.store import REPORT, batch_file, write_outcomes
+from pipeline.manifest import run_direct
 from pipeline.schema import LABEL_ERROR, STEP_LABEL, TRAJECTORY
 from tests.label.helpers import http_critic, trajectory
 from tests.label.test_openai_stage import unique_pairs
@@ -144,7 +145,7 @@ def test_duplicated_ids_are_labelled_once_and_the_driver_sees_reports_only(
     monkeypatch.setattr(label, "critic_reports", spy)
     out = str(tmp_path / "labels")
     cfg = LabelConfig(input=inp, output=out, critic=http_critic(critic_server, qwen_tokenizer_path, batch_size=2))
-    s = label.run(cfg)
+    s = run_direct(label.STAGE, cfg)
     assert s["trajectories_labelled"] == 4 and s["duplicate_in_input"] == 3 and s["trajectories_errored"] == 0
     t = io.read_table(out, STEP_LABEL)
     assert unique_pairs(t) and Counter(t["traj_id"].to_pylist()) == {"good.a": 2, "good.b": 3, "good.c": 1, "good.d": 2}

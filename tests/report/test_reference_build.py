@@ -13,6 +13,7 @@ import pytest
 
 from pipeline import fsys, record
 from pipeline.errors import UserError
+from pipeline.manifest import run_direct
 from pipeline.schema import STEP_LABEL, TRAJECTORY
 
 STEPS = 4
@@ -34,7 +35,7 @@ def trajectory(tid: str) -> dict:
 def builds(ray_session, qwen_tokenizer_path, tmp_path_factory):
     from pipeline import reference_labels
     from pipeline.build.config import BuildConfig, PackConfig
-    from pipeline.build.stage import run as build
+    from pipeline.build.stage import STAGE as BUILD
 
     root = tmp_path_factory.mktemp("reference")
     fsys.write_table(pa.Table.from_pylist([trajectory("t1")], schema=TRAJECTORY), str(root / "traj" / "part-0.parquet"))
@@ -47,9 +48,9 @@ def builds(ray_session, qwen_tokenizer_path, tmp_path_factory):
         json.dumps({"traj_id": "t1", "step": s, "label": "mistake" if s == MISTAKE else "good", "confidence": 1.0,
                     "reason": REASON if s == MISTAKE else "ok"}) + "\n" for s in range(STEPS)))
     ref = reference_labels.ReferenceLabelsConfig(input=str(root / "hand"), output=str(root / "ref_labels"))
-    assert reference_labels.run(ref)["labels"]["mistake"] == 1
+    assert run_direct(reference_labels.STAGE, ref)["labels"]["mistake"] == 1
     for labels, rows in (("labels", "rows"), ("ref_labels", "ref_rows")):
-        build(BuildConfig(trajectories=str(root / "traj"), labels=str(root / labels), output=str(root / rows),
+        run_direct(BUILD, BuildConfig(trajectories=str(root / "traj"), labels=str(root / labels), output=str(root / rows),
                           model=str(qwen_tokenizer_path), pack=PackConfig(seq_len=1024), num_workers=1))
     return root
 
@@ -57,13 +58,13 @@ def builds(ray_session, qwen_tokenizer_path, tmp_path_factory):
 @pytest.mark.slow  # two builds through Ray Data: ~35 s on an idle 2-core machine, minutes on a busy one
 def test_report_shows_the_reference_build_and_its_masked_mistake(builds, qwen_tokenizer_path):
     from pipeline.report.config import ReferenceBuildConfig, ReportConfig
-    from pipeline.report.stage import run
+    from pipeline.report.stage import STAGE as REPORT
 
     root = builds
     cfg = ReportConfig(trajectories=str(root / "traj"), labels=str(root / "labels"), train_rows=str(root / "rows"),
                        output=str(root / "report"), html=False,
                        reference=ReferenceBuildConfig(labels=str(root / "ref_labels"), train_rows=str(root / "ref_rows")))
-    run(cfg)
+    run_direct(REPORT, cfg)
     out = Path(record.resolve(cfg.output))
     report = json.loads((out / "report.json").read_text())
     assert report["recipes"]["srft_mix"]["num_masked_tokens"] == 0  # the critic's build masks nothing

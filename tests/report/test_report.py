@@ -12,6 +12,7 @@ from PIL import Image
 
 from pipeline import fsys, io, record
 from pipeline.config import load_config
+from pipeline.manifest import run_direct
 from pipeline.report import stats
 from pipeline.report.config import ReportConfig
 
@@ -35,10 +36,10 @@ def fast_plots(monkeypatch):
 
 
 def _run(uris: dict, *extra: str) -> dict:
-    from pipeline.report.stage import run
+    from pipeline.report.stage import STAGE as REPORT
 
     cfg = load_config(ReportConfig, "report", [f"{k}={v}" for k, v in uris.items()] + list(extra))
-    return run(cfg)
+    return run_direct(REPORT, cfg)
 
 
 def _committed(output: str) -> Path:
