@@ -208,7 +208,8 @@ def write_report(results: list[dict], cfg, out: Path) -> Path:
         "# SRFT controlled experiment",
         "",
         (f"Seeds {list(cfg.seeds)}; {cfg.train_runs} scripted runs per seed; student: tiny Qwen2 "
-        f"({cfg.student.num_layers} layers, hidden {cfg.student.hidden_size}); {cfg.trained_tokens:,} trained tokens "
+        f"({cfg.student.num_layers} layers, hidden {cfg.student.hidden_size}); tool schemas in the prompt: "
+        f"{'yes' if getattr(cfg, 'tool_schemas', True) else 'no'}; {cfg.trained_tokens:,} trained tokens "
         f"per recipe; {cfg.eval_tasks} held-out tasks per probe, {cfg.closed_loop_tasks} closed-loop tasks. "
         "Cells: mean ± sample std over seeds."),
         "",

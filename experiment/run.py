@@ -71,6 +71,9 @@ class ExperimentConfig:
     seq_len: int = 2048  # packed row length
     micro_batch_size: int = 1  # packed rows per optimizer step: the student needs steps (see docs)
     workers: int = 1  # Ray Train workers (FSDP2 on gloo)
+    # torch threads per worker; 0: the machine's 2 cores shared out (2 // workers). 1 when several
+    # experiment processes share the 2 cores: two threads of one step spin-wait on each other there
+    train_threads: int = 0
     student: StudentConfig = field(default_factory=StudentConfig)
     mix: dict = field(default_factory=lambda: asdict(gen.Mix()))
     # threshold sweep under critic noise (seed sweep_seed, recipe sweep_recipe)
@@ -135,7 +138,7 @@ def train_and_eval(cfg: ExperimentConfig, seed: int, name: str, recipe: str, lab
     t1 = time.time()
     log(f"seed {seed} {name}: {rows['rows']} rows, {rows['trained_tokens']} trained tokens; training {steps} steps")
     trained = stages.train(root / "train_rows", student, root / "train", steps, cfg.lr, seed, cfg.seq_len, cfg.workers,
-                           cfg.micro_batch_size)
+                           cfg.micro_batch_size, cfg.train_threads)
     t2 = time.time()
     tasks = make_tasks(5000 + seed, cfg.eval_tasks, f"eval{seed}")
     s = ev.Student.load(trained["export"], train_rows=str(root / "train_rows"))

@@ -62,7 +62,7 @@ def build(trajectories: Path, labels: Path, output: Path, model: Path, recipe: s
 
 
 def train(data: Path, model: Path, output: Path, steps: int, lr: float, seed: int, seq_len: int,
-          workers: int, micro_batch_size: int = 1) -> dict:
+          workers: int, micro_batch_size: int = 1, threads: int = 0) -> dict:
     from pipeline.train.stage import STAGE
 
     return _run(STAGE, [
@@ -75,6 +75,6 @@ def train(data: Path, model: Path, output: Path, steps: int, lr: float, seed: in
         "train.ce_chunk_tokens=4096", f"train.seed={seed}", "train.shuffle=true", "train.shuffle_buffer_rows=64",
         "train.checkpoint_every_steps=0", "train.keep_checkpoints=1", "train.max_failures=0",
         "train.export=true", "train.export_dtype=float32", "train.log_every_steps=10",
-        "train.peak_flops_per_device=1e11", f"train.cpu_threads={2 // workers}",
+        "train.peak_flops_per_device=1e11", f"train.cpu_threads={threads or 2 // workers}",
         f"scaling.num_workers={workers}", "scaling.use_gpu=false", "scaling.cpus_per_worker=0.5",
     ])
