@@ -133,6 +133,11 @@ def test_runtime_env_is_working_dir_compatible():
     assert all(isinstance(v, str) for v in env["env_vars"].values())  # Ray requires string values
 
 
+def test_image_runtime_env_is_the_working_dir_one_without_the_upload():
+    image, uploaded = _yaml(CLUSTER / "runtime_env_image.yaml"), _yaml(CLUSTER / "runtime_env.yaml")
+    assert "working_dir" not in image and image["env_vars"] == uploaded["env_vars"]
+
+
 def test_no_credentials_in_any_config():
     secret_names = re.compile(r"AWS_(SECRET_ACCESS_KEY|ACCESS_KEY_ID|SESSION_TOKEN)|HF_TOKEN|aws_secret", re.IGNORECASE)
     for f in [*CLUSTER.rglob("*"), *PROD.glob("*")]:

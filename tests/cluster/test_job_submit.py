@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -67,20 +68,36 @@ def critic(secrets, monkeypatch):
     server.stop()
 
 
-@pytest.fixture
-def cluster(s3, critic, monkeypatch):
-    """The local cluster (head_only.yaml: the autoscaler runs, no node to launch), started after the
-    credentials are in the environment."""
+def _start(config: str, monkeypatch):
     from cluster.local import autoscaling_cluster
 
     # The jobs' `python` is this environment's, as with an activated venv (the head passes PATH on).
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    c = autoscaling_cluster.start(REPO / "cluster" / "local" / "head_only.yaml")
-    yield c
+    return autoscaling_cluster.start(REPO / "cluster" / "local" / config)
+
+
+def _stop(c) -> None:
     c.stop(keep_dir=True)  # the session's files are read after the test: stop() keeps them
     import shutil
 
     shutil.rmtree(c.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(s3, critic, monkeypatch):
+    """The local cluster (head_only.yaml: the autoscaler runs, no node to launch), started after the
+    credentials are in the environment."""
+    c = _start("head_only.yaml", monkeypatch)
+    yield c
+    _stop(c)
+
+
+@pytest.fixture
+def autoscaling(s3, critic, monkeypatch):
+    """The local autoscaling cluster (autoscaling.yaml: `critic` nodes of 1 fake GPU, 0 to 3)."""
+    c = _start("autoscaling.yaml", monkeypatch)
+    yield c
+    _stop(c)
 
 
 def _ray(c, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -91,11 +108,14 @@ def _ray(c, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                           check=False)
 
 
-def _submit(c, *entrypoint: str) -> subprocess.CompletedProcess:
+def _submit(c, *entrypoint: str, upload: bool = True) -> subprocess.CompletedProcess:
+    """`ray job submit`, with the repository uploaded as the job's working_dir (`upload`) or with
+    the code the nodes already have (cluster/runtime_env_image.yaml, as from a cluster image)."""
+    how = (["--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml"] if upload
+           else ["--runtime-env", "cluster/runtime_env_image.yaml"])
     deadline = time.time() + 300  # the dashboard answers before its job agent has registered
     while True:
-        job = _ray(c, "job", "submit", "--address", c.dashboard_url, "--working-dir", ".",
-                   "--runtime-env", "cluster/runtime_env.yaml", "--", *entrypoint)
+        job = _ray(c, "job", "submit", "--address", c.dashboard_url, *how, "--", *entrypoint)
         if "No available agent" not in job.stdout + job.stderr or time.time() > deadline:
             assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
             return job
@@ -144,17 +164,108 @@ def test_ingest_and_label_as_ray_jobs_on_s3_keep_the_credentials_out(cluster, s3
     assert s["rows_carried"] == s["rows_out"] == len(pairs) and s["rows_written"] == 0
     assert io.read_table(f"{out}/labels", STEP_LABEL).num_rows == len(pairs)
 
-    # The credentials stayed out of everything Ray and the pipeline keep.
+    _assert_no_secret_kept(cluster, secrets, [f"{out}/{stage}" for stage in ("trajectories", "labels")], jobs=3)
+    assert sum(critic.requests.values()) > 0  # the key worked
+
+
+def _assert_no_secret_kept(cluster, secrets: dict[str, str], outputs: list[str], jobs: int) -> None:
+    """The credentials stayed out of everything Ray and the pipeline keep: the job records, every
+    job's log, the outputs' commit records and every file of the cluster's Ray session."""
+    from pipeline import io
+
     records = _ray(cluster, "job", "list", "--address", cluster.dashboard_url)
-    assert records.returncode == 0 and records.stdout.count("raysubmit_") >= 3, records.stdout[-2000:]
+    assert records.returncode == 0 and records.stdout.count("raysubmit_") >= jobs, records.stdout[-2000:]
     kept = {"job records": records.stdout}
     for job_id in sorted(set(word.strip("',") for word in records.stdout.split() if word.strip("',").startswith("raysubmit_"))):
         kept[f"log of {job_id}"] = _ray(cluster, "job", "logs", "--address", cluster.dashboard_url, job_id).stdout
-    for stage in ("trajectories", "labels"):
-        kept[f"{stage}/_manifest.json"] = io.read_bytes(f"{out}/{stage}/_manifest.json").decode()
+    for output in outputs:
+        kept[f"{output}/_manifest.json"] = io.read_bytes(f"{output}/_manifest.json").decode()
     for path in Path(cluster.dir).rglob("*"):
         if path.is_file():
             kept[str(path)] = path.read_bytes().decode(errors="replace")
     leaks = [(name, where) for name, value in secrets.items() for where, text in kept.items() if value in text]
     assert leaks == []
-    assert sum(critic.requests.values()) > 0 and len(kept) > 10  # the key worked; the search saw the files
+    assert len(kept) > 10  # the search saw the session's files
+
+
+def _critic_nodes(cluster, stop: threading.Event, seen: list[int]) -> None:
+    """Poll the cluster's alive critic nodes (those advertising a GPU) until `stop`."""
+    import ray
+
+    cluster.connect(logging_level="ERROR", log_to_driver=False)
+    try:
+        while not stop.is_set():
+            seen.append(sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0))
+            stop.wait(1.0)
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_every_stage_as_a_ray_job_on_the_autoscaling_cluster(autoscaling, s3, critic, secrets, tiny_qwen2_path):
+    """Ingest, label, build and train submitted with `ray job submit` to the autoscaling head, each
+    reading the previous stage's output on S3, and build re-run on the S3 data: its rows come out
+    identical. The critic actors ask for a GPU, which the head has not, so the autoscaler must
+    launch critic nodes and the label job's actors run there; they are removed after it.
+
+    The code comes from the nodes (cluster/runtime_env_image.yaml, as from a cluster image), not
+    from an uploaded working_dir: on this one-machine cluster a launched node would set a
+    working_dir up again in the head's session dir, under the running job (head_only.yaml)."""
+    from pipeline import io
+    from pipeline.schema import STEP_LABEL, TRAINING_ROW, TRAJECTORY
+
+    out = f"{s3}/runs/autoscaling"
+    model = str(tiny_qwen2_path)  # the student (tokenizer and weights), on the nodes like the code
+    jobs: dict[str, dict] = {}
+
+    def submit(stage: str, *args: str) -> dict:
+        t = time.monotonic()
+        job = _submit(autoscaling, "python", "-m", f"jobs.{stage}", *args, upload=False)
+        print(f"[jobs] jobs.{stage}: {time.monotonic() - t:.1f} s, submit to succeeded", flush=True)
+        return _summary(job)
+
+    jobs["ingest"] = submit("ingest", f"input={s3}/raw/sample/trajectories", f"resolution={s3}/raw/sample/reports",
+                            f"output={out}/trajectories")
+    stop, seen = threading.Event(), []
+    poller = threading.Thread(target=_critic_nodes, args=(autoscaling, stop, seen), daemon=True)
+    poller.start()
+    try:
+        jobs["label"] = submit("label", f"input={out}/trajectories", f"output={out}/labels", "critic.backend=openai",
+                               "critic.model=fake-critic", f"critic.tokenizer={model}",
+                               f"critic.openai.base_url={critic.url}", "critic.num_samples=3",
+                               "critic.num_gpus_per_actor=1", "critic.pool.min=1", "critic.pool.max=2",
+                               "critic.batch_size=1")
+        during_label = max(seen, default=0)
+        build_args = [f"trajectories={out}/trajectories", f"labels={out}/labels", f"model={model}",
+                      "recipe=srft_mix", "pack.seq_len=4096"]
+        jobs["build"] = submit("build", *build_args, f"output={out}/rows")
+        jobs["train"] = submit("train", f"data={out}/rows", f"model={model}", f"output={out}/train",
+                               "train.max_steps=2", "train.micro_batch_size=1", "train.grad_accum=1",
+                               "train.checkpoint_every_steps=2", "train.warmup_steps=1", "train.param_dtype=float32",
+                               "train.export_dtype=float32", "scaling.num_workers=1", "scaling.cpus_per_worker=1",
+                               "scaling.use_gpu=false")
+        jobs["build again"] = submit("build", *build_args, f"output={out}/rows_again")
+        deadline = time.time() + 180  # idle_timeout_minutes 0.1: the nodes go once nothing runs there
+        while time.time() < deadline and (not seen or seen[-1] > 0):
+            time.sleep(2)
+    finally:
+        stop.set()
+        poller.join(timeout=30)
+
+    # The autoscaler launched critic nodes for the label job, and removed them after.
+    assert during_label >= 1 and seen[-1] == 0, seen
+    # Every stage's counts, each from the previous stage's output on S3.
+    s = jobs["ingest"]
+    assert s["rows_out"] == io.read_table(f"{out}/trajectories", TRAJECTORY).num_rows == 6
+    s = jobs["label"]
+    labels = io.read_table(f"{out}/labels", STEP_LABEL)
+    assert s["trajectories_labelled"] == 4 and s["trajectories_errored"] == 0 and s["rows_out"] == labels.num_rows > 0
+    s = jobs["build"]
+    rows = io.read_table(f"{out}/rows", TRAINING_ROW)
+    assert s["rows_out"] == rows.num_rows > 0 and s["rows_in"] == 6 == s["documents_out"] + s["rows_excluded"]
+    s = jobs["train"]
+    assert s["steps"] == 2 and io.exists(f"{out}/train/hf")
+    # The re-run on the S3 data gives the same rows.
+    assert io.read_table(f"{out}/rows_again", TRAINING_ROW).equals(rows)
+    _assert_no_secret_kept(autoscaling, secrets, [f"{out}/{o}" for o in ("trajectories", "labels", "rows", "train")],
+                           jobs=len(jobs))
