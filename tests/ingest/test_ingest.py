@@ -15,7 +15,7 @@ from pipeline import fsys, io
 from pipeline.errors import StageFailed, UserError
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.stage import STAGE
-from pipeline.manifest import run_stage
+from pipeline.manifest import run_direct
 from pipeline.schema import QUARANTINE, TRAJECTORY
 from pipeline.steps import split_steps
 from tests.conftest import SAMPLE
@@ -23,8 +23,8 @@ from tests.ingest.corpus import write_corpus
 
 
 def run(cfg: IngestConfig) -> dict:
-    """The stage as its command runs it (run_stage opens, runs and commits the output)."""
-    return run_stage(STAGE.name, cfg, STAGE.inputs(cfg), cfg.output, STAGE.run, force=True)["summary"]
+    """The stage as its command runs it (run_direct: open, run and commit the output)."""
+    return run_direct(STAGE, cfg)
 
 
 def _ingest(tmp_path, **kw) -> tuple[dict, pa.Table, pa.Table]:
