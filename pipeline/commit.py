@@ -48,7 +48,16 @@ import pyarrow.fs as pafs
 from pipeline import fsys, tables
 from pipeline.guards import check_overlap, check_reusable, is_side_folder
 from pipeline.lock import Lock, lock_ttl_s
-from pipeline.record import LOCK, MANIFEST, STAGING_PREFIX, VERSION_PREFIX, Commit, side_table, version_folder
+from pipeline.record import (
+    LOCK,
+    MANIFEST,
+    STAGING_PREFIX,
+    VERSION_PREFIX,
+    Commit,
+    Input,
+    side_table,
+    version_folder,
+)
 from pipeline.runtime import new_run_id
 
 
@@ -94,6 +103,9 @@ class Output:
     # worker reports reached the driver, never one from a task whose answer was lost).
     admit: Callable[[str], bool] | None = None
     created_root: bool = False  # the output folder did not exist before this run
+    # The stage's inputs as run_stage located them ({name: record.Input}); the stage reads these,
+    # not its config's URIs, so it reads the commits its manifest fingerprinted.
+    inputs: dict[str, Input] = field(default_factory=dict)
 
     @property
     def version(self) -> str:

@@ -56,6 +56,15 @@ def absolute(uri: str) -> str:
 def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri.rstrip("/"), *parts)
 
+def split_glob(uri: str) -> tuple[str, str | None]:
+    """(`uri` without a glob on its last part, that glob or None): ``out/*.parquet`` -> (``out``, ``*.parquet``)."""
+    _, path = filesystem(uri)
+    if not any(c in posixpath.basename(path) for c in "*?["):
+        return uri, None
+    folder, pattern = posixpath.split(path)
+    return as_uri(uri, folder), pattern
+
+
 def as_uri(reference: str, path: str) -> str:
     """`path` (inside the filesystem of `reference`) as a URI of the same scheme."""
     scheme = urlparse(reference).scheme

@@ -9,7 +9,7 @@ input that is a pipeline output must be committed and complete: one with traces 
 API (`pipeline.manifest.run_stage` and pipeline.commit.open_output call these before any work)::
 
     check_overlap(output, inputs)              # UserError if output equals/contains/lies inside an input
-    check_input(name, uri)                     # UserError if uri is an uncommitted or not-complete output
+    check_input(name, Input)                   # UserError if it is an uncommitted or not-complete output
     check_reusable(root, stage) -> Commit | None   # UserError if root holds anything but this stage's
                                                    # committed output or leftovers
     refuse_uncommitted(uri, stage) -> UserError    # the refusal of an output without a record
@@ -32,7 +32,7 @@ from pipeline.record import (
     STAGING_PREFIX,
     VERSION_PREFIX,
     Commit,
-    locate,
+    Input,
     read_commit,
     read_manifest,
     traces,
@@ -46,14 +46,14 @@ def refuse_uncommitted(uri: str, stage: str) -> UserError:
     )
 
 
-def check_input(name: str, uri: str | None) -> None:
+def check_input(name: str, inp: Input) -> None:
     """Refuse (UserError) an input that is a pipeline output without a commit record, or whose
     last commit did not complete; the message names the stage to re-run."""
+    uri = inp.uri
     if not uri or urlparse(uri).scheme not in ("", "file", "s3"):
         return
-    loc = locate(uri)
-    if loc is not None:
-        c = loc.commit
+    if inp.located is not None:
+        c = inp.located.commit
         if c.status != "complete":
             why = f": {c.reason}" if c.reason else ""
             raise UserError(
@@ -61,7 +61,7 @@ def check_input(name: str, uri: str | None) -> None:
                 f"{c.status}{why}); re-run {c.stage} first"
             )
         return
-    stage = traces(uri) if fsys.exists(uri) else None
+    stage = traces(inp.base) if fsys.exists(inp.base) else None
     if stage:
         raise refuse_uncommitted(f"{name}={uri}", stage)
 

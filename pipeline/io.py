@@ -30,14 +30,17 @@ def exists(uri: str) -> bool:
     return fsys.exists(uri) or (loc is not None and bool(loc.commit.uris(loc.rel)))
 
 
-def list_files(uri: str, suffixes: tuple[str, ...]) -> list[str]:
+def list_files(source: str | record.Input, suffixes: tuple[str, ...]) -> list[str]:
     """The files of `list_files_with_skips`, without the skipped ones."""
-    return list_files_with_skips(uri, suffixes)[0]
+    return list_files_with_skips(source, suffixes)[0]
 
 
-def list_files_with_skips(uri: str, suffixes: tuple[str, ...]) -> tuple[list[str], list[dict]]:
-    """Files under `uri` (a file, a folder searched recursively, or a glob on the last part) as
+def list_files_with_skips(source: str | record.Input, suffixes: tuple[str, ...]) -> tuple[list[str], list[dict]]:
+    """Files under `source` (a file, a folder searched recursively, or a glob on the last part) as
     sorted URIs, and the files left out as ``[{"uri": ..., "reason": ...}]``.
+
+    `source` is a URI, or a stage input as `run_stage` located it (record.Input): then the commit
+    it names is read as it was located, not looked up again.
 
     A stage output is read through its commit record: only its committed files, in the order of
     their logical paths (pipeline.record). An output with pipeline traces but no record is refused
@@ -46,15 +49,12 @@ def list_files_with_skips(uri: str, suffixes: tuple[str, ...]) -> tuple[list[str
     and ``_``-prefixed names are skipped whole (one entry each, not descended into). Missing input
     fails at once (FileNotFoundError).
     """
-    fs, path = fsys.filesystem(uri)
-    pattern = None
-    if any(c in posixpath.basename(path) for c in "*?["):
-        path, pattern = posixpath.split(path)
-        uri = fsys.as_uri(uri, path)
+    src = source if isinstance(source, record.Input) else record.Input.of(source)
     wanted = tuple(s.lower() for s in suffixes)
-    loc = record.locate(uri)
-    if loc is not None:
-        return _committed_files(loc, wanted, pattern)
+    if src.located is not None:
+        return _committed_files(src.located, wanted, src.pattern)
+    uri = src.base
+    fs, path = fsys.filesystem(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise InputNotFound(f"input {uri} does not exist; check the path (or the bucket and the AWS_* environment)")
@@ -63,7 +63,7 @@ def list_files_with_skips(uri: str, suffixes: tuple[str, ...]) -> tuple[list[str
     stage = record.traces(uri)
     if stage:
         raise guards.refuse_uncommitted(uri, stage)
-    return fsys.walk(fs, uri, path, wanted, pattern)
+    return fsys.walk(fs, uri, path, wanted, src.pattern)
 
 
 def _committed_files(loc: record.Located, wanted: tuple[str, ...],
@@ -130,12 +130,13 @@ class Shards:
     columns: set[str]  # the columns every shard has
 
 
-def parquet_shards(uri: str, schema: pa.Schema, key: str, what: str, hint: str) -> Shards:
-    """The Parquet shards under `uri` (following commit records), each checked from its footer for
-    the schema version and for `schema`'s columns. None, or a shard of another table, is a
-    one-line `UserError` naming the config `key` and what to do (`hint`); a missing `uri` is
-    `InputNotFound`."""
-    files = list_files(uri, (".parquet",))
+def parquet_shards(source: str | record.Input, schema: pa.Schema, key: str, what: str, hint: str) -> Shards:
+    """The Parquet shards under `source` (a URI, or an input as run_stage located it; following
+    commit records), each checked from its footer for the schema version and for `schema`'s
+    columns. None, or a shard of another table, is a one-line `UserError` naming the config `key`
+    and what to do (`hint`); a missing `source` is `InputNotFound`."""
+    uri = source.uri if isinstance(source, record.Input) else source
+    files = list_files(source, (".parquet",))
     if not files:
         raise UserError(f"{key}={uri} holds no {what} .parquet shards; {hint}")
     fs = fsys.filesystem(uri)[0]

@@ -2,7 +2,8 @@
 
 `run_stage` opens the stage's output (pipeline.commit.open_output: the overlap and same-stage
 checks of pipeline.guards, the lock of pipeline.lock, a fresh version folder), runs
-``stage.run(cfg, out)``, and commits: ``<output>/_manifest.json`` is the commit record and the
+``stage.run(cfg, out)`` with each input located once (``out.inputs``: the fingerprint, the checks and
+the stage's reads see the same commit of it), and commits: ``<output>/_manifest.json`` is the commit record and the
 manifest at once, written last. Its status is ``complete``, or ``failed`` with the reason when the
 stage raised `StageFailed` (what it wrote is still committed; the error propagates), or ``partial``
 for a stage's own periodic commits. Inputs that are stage outputs must be committed and complete.
@@ -23,7 +24,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline import commit, fsys, guards, io, record
+from pipeline import commit, fsys, guards, record
 from pipeline.commit import Output
 from pipeline.config import redacted, validate
 from pipeline.errors import StageFailed
@@ -69,25 +70,25 @@ def code_version() -> str:
         return "srft-pipeline " + version("srft-pipeline")
 
 
-def fingerprint(uris: dict[str, str | None]) -> str:
+def fingerprint(inputs: dict[str, record.Input]) -> str:
     """A hash of every input file's path, size and mtime. A stage output counts by its committed
     files and its commit record (which changes whenever it re-runs); locks, old versions and
     leftovers of killed runs do not count."""
     h = hashlib.sha256()
-    for name, uri in sorted(uris.items()):
-        h.update(f"{name}={uri}\n".encode())
-        if not uri or not io.exists(uri):
-            continue
-        loc = record.locate(uri)
-        if loc is not None:
+    for name, inp in sorted(inputs.items()):
+        h.update(f"{name}={inp.uri}\n".encode())
+        if inp.located is not None:
+            loc = inp.located
             c = loc.commit
             h.update(f"commit\t{c.manifest.get('run_id')}\t{c.version}\t{c.status}\n".encode())
-            fs, _ = fsys.filesystem(uri)
+            fs, _ = fsys.filesystem(inp.base)
             for logical, f in c.uris(loc.rel).items():
                 info = fs.get_file_info(fsys.filesystem(f)[1])
                 h.update(f"{logical}\t{info.size}\t{info.mtime_ns}\n".encode())
             continue
-        fs, path = fsys.filesystem(uri)
+        if not inp.uri or not fsys.exists(inp.uri):
+            continue
+        fs, path = fsys.filesystem(inp.uri)
         info = fs.get_file_info(path)
         infos = [info] if info.type == pafs.FileType.File else fs.get_file_info(pafs.FileSelector(path, recursive=True))
         for f in sorted(infos, key=lambda f: f.path):
@@ -136,15 +137,19 @@ def run_stage(
     says ``allow_empty=true``. Any other exception commits nothing: the previous output stays.
     """
     plain = redacted(cfg)
-    inputs_fp = fingerprint(inputs)
+    # Each input is located once, here: the fingerprint, the guards and the stage's reads
+    # (out.inputs) all see the same commit of it.
+    located = {name: record.Input.of(uri) for name, uri in inputs.items()}
+    inputs_fp = fingerprint(located)
     if not force and is_complete(output, stage, plain, inputs_fp):
         manifest = record.read_manifest(output)
         print(f"[{stage}] complete for these inputs and config, skipped ({fsys.join(output, MANIFEST)}); force=true re-runs it")
         return {**manifest, "skipped": True}
-    for name, uri in inputs.items():
-        guards.check_input(name, uri)
+    for name, inp in located.items():
+        guards.check_input(name, inp)
     started = time.time()
     with commit.open_output(stage, output, inputs) as out:
+        out.inputs = located
         out.record = {
             "config": plain,
             "config_sha256": _config_hash(plain),

@@ -30,6 +30,7 @@ API (the reader side)::
     Commit.uris(under="") -> {logical: URI}            # committed files at or under a logical path
     read_commit(uri) -> Commit | None                  # the record of the output at `uri`
     locate(uri) -> Located | None                      # the committed output `uri` is or lies inside
+    Input.of(uri) -> Input         # `uri` located once: what run_stage fingerprints and hands the stage
     resolve(uri) -> str            # the physical URI of a committed logical file or one-version folder
                                    # (resolve(<train output>/hf) for from_pretrained; humans: see the
                                    # manifest's commit.files)
@@ -167,6 +168,26 @@ def locate(uri: str) -> Located | None:
             return None
         rel.append(posixpath.basename(path))
         path = parent
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input URI, located once. `run_stage` makes one per stage input before the stage runs;
+    the fingerprint, the guards and the stage's own reads (`io.list_files`, `io.parquet_shards`)
+    all use it, so the stage reads exactly the commit its manifest fingerprinted, even when that
+    input is re-committed while the stage runs, and no stage walks the storage a second time."""
+
+    uri: str | None  # as configured (it may end in a glob)
+    base: str | None  # `uri` without the glob on its last part
+    pattern: str | None  # that glob, if any
+    located: Located | None  # the committed output `base` is or lies inside, at resolution time
+
+    @classmethod
+    def of(cls, uri: str | None) -> Input:
+        if not uri:
+            return cls(uri, uri, None, None)
+        base, pattern = fsys.split_glob(uri)
+        return cls(uri, base, pattern, locate(base))
 
 
 def resolve(uri: str) -> str:

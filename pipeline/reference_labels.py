@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from pipeline import fsys, io
+from pipeline import fsys, io, record
 from pipeline.commit import Output
 from pipeline.errors import InputNotFound, UserError
 from pipeline.manifest import Stage
@@ -34,12 +34,16 @@ class ReferenceLabelsConfig:
     allow_empty: bool = False
 
 
-def read_reference(uri: str, name: str) -> pa.Table:
-    """The JSONL rows under `uri` as STEP_LABEL; a bad row is a UserError naming its file and line."""
-    if not io.exists(uri):
-        raise InputNotFound(f"reference_labels.input={uri}: no such file or folder")
+def read_reference(source: str | record.Input, name: str) -> pa.Table:
+    """The JSONL rows under `source` (a URI, or the input as run_stage located it) as STEP_LABEL;
+    a bad row is a UserError naming its file and line."""
+    uri = source.uri if isinstance(source, record.Input) else source
+    try:
+        files = io.list_files(source, (".jsonl",))
+    except FileNotFoundError:  # InputNotFound included
+        raise InputNotFound(f"reference_labels.input={uri}: no such file or folder") from None
     rows = []
-    for f in io.list_files(uri, (".jsonl",)):
+    for f in files:
         for n, line in enumerate(io.read_bytes(f).decode().splitlines(), 1):
             if not line.strip():
                 continue
@@ -61,7 +65,7 @@ def read_reference(uri: str, name: str) -> pa.Table:
 
 
 def run(cfg: ReferenceLabelsConfig, out: Output) -> dict:
-    table = read_reference(cfg.input, cfg.name)
+    table = read_reference(out.inputs["input"], cfg.name)
     fsys.write_table(table, fsys.join(out.uri, "part-0.parquet"))
     counts = {lab: table["label"].to_pylist().count(lab) for lab in LABELS}
     summary = {"rows_in": table.num_rows, "rows_out": table.num_rows, "source": cfg.name,

@@ -10,7 +10,7 @@ import pytest
 from pipeline import fsys, io, record
 from pipeline.errors import StageFailed, UserError
 from pipeline.manifest import fingerprint, run_stage
-from pipeline.record import MANIFEST
+from pipeline.record import MANIFEST, Input
 
 
 @dataclass
@@ -120,14 +120,42 @@ def test_input_with_traces_but_no_record_is_refused(tmp_path):
 def test_fingerprint_ignores_locks_and_old_versions(tmp_path):
     cfg = Cfg(output=str(tmp_path / "up"))
     run_stage("demo", cfg, {}, cfg.output, _stage([]))
-    fp = fingerprint({"up": cfg.output})
+    fp = fingerprint({"up": Input.of(cfg.output)})
     (tmp_path / "up" / "_lock.json").write_text("{}")
     (tmp_path / "up" / "_v-demo-killed").mkdir()
     (tmp_path / "up" / "_v-demo-killed" / "part-9.txt").write_text("x")
-    assert fingerprint({"up": cfg.output}) == fp
+    assert fingerprint({"up": Input.of(cfg.output)}) == fp
     (tmp_path / "up" / "_lock.json").unlink()
     run_stage("demo", cfg, {}, cfg.output, _stage([]), force=True)
-    assert fingerprint({"up": cfg.output}) != fp  # a new commit is a new input
+    assert fingerprint({"up": Input.of(cfg.output)}) != fp  # a new commit is a new input
+
+
+def test_each_input_is_located_once_and_read_as_fingerprinted(tmp_path, monkeypatch):
+    """run_stage locates each input once and hands that to the stage (out.inputs): the stage's
+    reads do not walk the storage again, and an input re-committed while the stage runs does not
+    change what the stage reads, so the manifest's fingerprint names the files it read."""
+    up = Cfg(output=str(tmp_path / "up"), n=1)
+    run_stage("up", up, {}, up.output, _stage([]))  # committed: part-0.txt = b"x"
+    located = []
+    real_locate = record.locate
+    monkeypatch.setattr(record, "locate", lambda uri: located.append(uri) or real_locate(uri))
+    seen = {}
+
+    def downstream(cfg, out):
+        seen["located_before_reads"] = located.count(up.output)
+        # the upstream is re-committed (part-0.txt = b"xxx") while this stage runs
+        run_stage("up", Cfg(output=up.output, n=3), {}, up.output, _stage([]), force=True)
+        before = located.count(up.output)
+        files = io.list_files(out.inputs["rows"], (".txt",))
+        seen["bytes"] = [fsys.read_bytes(f) for f in files]
+        seen["located_by_reads"] = located.count(up.output) - before
+        return {"rows_in": 1, "rows_out": 1}
+
+    down = Cfg(output=str(tmp_path / "down"))
+    m = run_stage("down", down, {"rows": up.output}, down.output, downstream)
+    assert seen == {"located_before_reads": 1, "located_by_reads": 0, "bytes": [b"x"]}
+    assert m["status"] == "complete"
+    assert io.read_bytes(fsys.join(up.output, "part-0.txt")) == b"xxx"  # the new commit is there for the next run
 
 
 def test_a_run_refused_by_its_stage_leaves_no_trace(tmp_path):

@@ -33,7 +33,7 @@ import sys
 import pyarrow as pa
 import ray
 
-from pipeline import fsys, io
+from pipeline import fsys, io, record
 from pipeline.build.builder import MaskBuilder
 from pipeline.build.config import LABEL_RECIPES, BuildConfig, token_limit
 from pipeline.build.labels import LABEL_COLUMNS, compact, index_from_compact
@@ -68,8 +68,8 @@ class BuildWorker:
         )
 
 
-def _label_index(cfg: BuildConfig) -> tuple[pa.Table, dict]:
-    shards = io.parquet_shards(cfg.labels, STEP_LABEL, "labels", "step-label", "run jobs.label into it first")
+def _label_index(cfg: BuildConfig, labels: record.Input) -> tuple[pa.Table, dict]:
+    shards = io.parquet_shards(labels, STEP_LABEL, "labels", "step-label", "run jobs.label into it first")
     ds = ray.data.read_parquet(shards.paths, filesystem=shards.fs).select_columns(LABEL_COLUMNS).map_batches(
         compact, batch_format="pyarrow", fn_kwargs={"labels": list(cfg.mask.labels), "threshold": cfg.mask.threshold}
     )
@@ -87,7 +87,7 @@ def _label_index(cfg: BuildConfig) -> tuple[pa.Table, dict]:
 
 
 def run(cfg: BuildConfig, out: Output) -> dict:
-    shards = io.parquet_shards(cfg.trajectories, TRAJECTORY, "trajectories", "trajectory",
+    shards = io.parquet_shards(out.inputs["trajectories"], TRAJECTORY, "trajectories", "trajectory",
                                "run jobs.ingest into it first")
     columns = TRAJ_COLUMNS + [c for c in OPTIONAL_TRAJ_COLUMNS if c in shards.columns]
     # Load the tokenizer and probe its template here first: a refused template fails before Ray starts.
@@ -106,7 +106,7 @@ def run(cfg: BuildConfig, out: Output) -> dict:
     run_id = out.run_id  # the version folder's run id (_v-build-<run_id>), as every stage names it
     index_ref, label_stats = [], {}
     if cfg.recipe in LABEL_RECIPES:
-        index, label_stats = _label_index(cfg)
+        index, label_stats = _label_index(cfg, out.inputs["labels"])
         index_ref = [ray.put(index)]
         del index
 

@@ -40,7 +40,7 @@ def _row_trained(mask: np.ndarray, cu: np.ndarray) -> int:
 def run(cfg: ExportConfig, out: Output) -> dict:
     unpack = cfg.unpacked()
     schema = schema_for(cfg.format, unpack)
-    files = io.list_files(cfg.rows, (".parquet",))
+    files = io.list_files(out.inputs["rows"], (".parquet",))
     if not files:
         raise UserError(f"rows={cfg.rows}: no Parquet files (the build stage's output)")
     shards, buffer, errors = [], [], []

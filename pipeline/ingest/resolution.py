@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import io
+from pipeline import io, record
 
 EXAMPLES = 10  # unusable entries named in the summary; the rest are counted
 
@@ -104,8 +104,9 @@ def parse_report(doc: Any, uri: str, report: ResolutionReport | None = None) -> 
     return out
 
 
-def read_resolution(uri: str | None) -> tuple[dict[str, bool], ResolutionReport]:
-    """instance_id -> resolved from every report under `uri`, and what was unusable."""
+def read_resolution(uri: str | record.Input | None) -> tuple[dict[str, bool], ResolutionReport]:
+    """instance_id -> resolved from every report under `uri` (a URI, or the input as run_stage
+    located it), and what was unusable."""
     report = ResolutionReport()
     if not uri:
         return {}, report

@@ -50,10 +50,10 @@ def _write(ds: ray.data.Dataset, uri: str, schema: pa.Schema, rows_per_shard: in
     ds.write_parquet(path, filesystem=fs, schema=schema, min_rows_per_file=rows_per_shard)
 
 
-def _list_inputs(cfg: IngestConfig) -> tuple[list[str], dict[str, int]]:
+def _list_inputs(cfg: IngestConfig, out: Output) -> tuple[list[str], dict[str, int]]:
     """The input files and the skipped ones counted by reason, or a short `UserError` naming the key when there is nothing to read."""
     try:
-        files, skipped = io.list_files_with_skips(cfg.input, SUFFIXES)
+        files, skipped = io.list_files_with_skips(out.inputs["input"], SUFFIXES)
     except FileNotFoundError:
         raise UserError(f"input={cfg.input}: no such file or folder") from None
     if not files:
@@ -63,16 +63,16 @@ def _list_inputs(cfg: IngestConfig) -> tuple[list[str], dict[str, int]]:
     return files, dict(Counter(s["reason"].split(" (")[0] for s in skipped))
 
 
-def _read_resolution(cfg: IngestConfig):
+def _read_resolution(cfg: IngestConfig, out: Output):
     try:
-        return read_resolution(cfg.resolution)
+        return read_resolution(out.inputs["resolution"] if cfg.resolution else None)
     except FileNotFoundError:
         raise UserError(f"resolution={cfg.resolution}: no such file or folder") from None
 
 
 def run(cfg: IngestConfig, out: Output) -> dict:
-    files, skipped = _list_inputs(cfg)
-    resolution, resolution_report = _read_resolution(cfg)
+    files, skipped = _list_inputs(cfg, out)
+    resolution, resolution_report = _read_resolution(cfg, out)
     init_ray()
 
     records = (

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import fsys, io
+from pipeline import fsys, io, record
 from pipeline.outcome import effective_resolved
 from pipeline.schema import TRAJECTORY
 
@@ -28,7 +28,7 @@ SKIPS = ("skipped_resolved", "skipped_unknown_outcome", "skipped_no_steps", "ski
          "skipped_previous_error", "skipped_limit", "duplicate_in_input")
 
 
-def read_keys(input_uri: str) -> tuple[pa.Table, list[str]]:
+def read_keys(input_uri: str | record.Input) -> tuple[pa.Table, list[str]]:
     """The key columns of every input row with its position (``file`` index into the returned file
     list, ``row_group``, ``row`` within the group); fails at once on a missing or foreign input."""
     shards = io.parquet_shards(input_uri, INPUT_SCHEMA, "input", "trajectory", "run jobs.ingest into it first")

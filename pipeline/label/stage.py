@@ -169,7 +169,7 @@ def run(cfg: LabelConfig, out: Output) -> dict:
                         "unset errors")
     c, model_name, run_id = cfg.critic, critic_name(cfg), out.run_id
     secrets = secret_values(secret_env_names(c))
-    keys, files = read_keys(cfg.input)
+    keys, files = read_keys(out.inputs["input"])
     prev = previous(cfg, out, model_name)
     chosen = select(keys, files, done=prev.done, previous_errors=prev.error_ids, unknown_outcome=cfg.unknown_outcome,
                     label_resolved=c.label_resolved, retry_errors=cfg.retry_errors, limit=cfg.limit)

@@ -36,7 +36,7 @@ import re
 
 import pyarrow.fs as pafs
 
-from pipeline import fsys, io
+from pipeline import fsys, io, record
 from pipeline.errors import UserError
 from pipeline.runtime import new_run_id
 from pipeline.train.checkpoint import STATE_FILE, resolved_param_dtype
@@ -46,13 +46,15 @@ from pipeline.train.config import NOT_IN_IDENTITY, TrainConfig
 # Run identity and run folders
 # --------------------------------------------------------------------------------------------
 
-def files_fingerprint(uri: str, suffixes: tuple[str, ...] | None = None) -> str:
-    """sha256 over (relative path, size, mtime) of the files under `uri` (through
-    `io.list_files`, which follows commit records); `suffixes=None` takes every file."""
+def files_fingerprint(source: str | record.Input, suffixes: tuple[str, ...] | None = None) -> str:
+    """sha256 over (relative path, size, mtime) of the files under `source` (a URI, or an input as
+    run_stage located it; through `io.list_files`, which follows commit records); `suffixes=None`
+    takes every file."""
+    uri = source.uri if isinstance(source, record.Input) else source
     if suffixes is None:
         files = _all_files(uri)
     else:
-        files = io.list_files(uri, suffixes)
+        files = io.list_files(source, suffixes)
     fs, root = fsys.filesystem(uri)
     h = hashlib.sha256()
     for f in sorted(files):
@@ -84,10 +86,11 @@ def identity_config(cfg) -> dict:
     return out
 
 
-def run_identity(cfg) -> dict:
-    """{"identity": hex, "data": hex, "model": hex, "config": hex} of a TrainConfig."""
+def run_identity(cfg, data: record.Input | None = None) -> dict:
+    """{"identity": hex, "data": hex, "model": hex, "config": hex} of a TrainConfig; `data` is
+    `cfg.data` as run_stage located it, when there is a run_stage (torchrun has none)."""
     parts = {
-        "data": files_fingerprint(cfg.data, (".parquet",)),
+        "data": files_fingerprint(data or cfg.data, (".parquet",)),
         "model": files_fingerprint(cfg.model),
         "config": hashlib.sha256(json.dumps(identity_config(cfg), sort_keys=True).encode()).hexdigest(),
     }

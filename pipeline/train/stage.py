@@ -24,12 +24,12 @@ import ray.train
 import ray.train.torch
 from omegaconf import OmegaConf
 
-from pipeline import fsys, io
+from pipeline import fsys, io, record
 from pipeline.commit import Output
 from pipeline.config import redacted
 from pipeline.errors import UserError
 from pipeline.manifest import Stage
-from pipeline.runtime import init_ray, new_run_id, verbose
+from pipeline.runtime import init_ray, verbose
 from pipeline.schema import TRAINING_ROW
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import loop, tracking
@@ -38,9 +38,10 @@ from pipeline.train.data import COLUMNS, held_out, ray_source, total_steps
 from pipeline.train.resume import plan_resume, run_identity
 
 
-def read_rows(uri: str) -> ray.data.Dataset:
-    shards = io.parquet_shards(uri, TRAINING_ROW, "data", "training-row", "run jobs.build into it first")
-    return ray.data.read_parquet(shards.paths, filesystem=shards.fs, schema=TRAINING_ROW, columns=COLUMNS)
+def read_rows(source: record.Input, key: str = "data") -> tuple[ray.data.Dataset, io.Shards]:
+    """The training rows of one input as run_stage located it, and its checked shards."""
+    shards = io.parquet_shards(source, TRAINING_ROW, key, "training-row", "run jobs.build into it first")
+    return ray.data.read_parquet(shards.paths, filesystem=shards.fs, schema=TRAINING_ROW, columns=COLUMNS), shards
 
 
 def storage(cfg: TrainConfig) -> tuple[str, object]:
@@ -52,20 +53,20 @@ def storage(cfg: TrainConfig) -> tuple[str, object]:
     return path, fs
 
 
-def eval_rows(cfg: TrainConfig, ds: ray.data.Dataset) -> tuple[ray.data.Dataset, ray.data.Dataset | None, int]:
+def eval_rows(cfg: TrainConfig, out: Output) -> tuple[ray.data.Dataset, ray.data.Dataset | None, int]:
     """(train rows, eval rows or None, eval row count). eval_fraction holds rows out by a hash of
     their trajectory ids (`data.held_out`); eval_data reads a separate set."""
     t = cfg.train
+    ds, shards = read_rows(out.inputs["data"])
     if t.eval_fraction > 0:
         fraction = t.eval_fraction
-        fs, _ = fsys.filesystem(cfg.data)
-        n_eval = sum(held_out(ids, fraction) for f in io.list_files(cfg.data, (".parquet",))
-                     for ids in pq.read_table(fsys.filesystem(f)[1], filesystem=fs, columns=["traj_ids"])
+        n_eval = sum(held_out(ids, fraction) for path in shards.paths
+                     for ids in pq.read_table(path, filesystem=shards.fs, columns=["traj_ids"])
                      .column("traj_ids").to_pylist())
         train = ds.filter(lambda row: not held_out(list(row["traj_ids"]), fraction))
         held = ds.filter(lambda row: held_out(list(row["traj_ids"]), fraction))
     elif cfg.eval_data:
-        held = read_rows(cfg.eval_data)
+        held, _ = read_rows(out.inputs["eval_data"], "eval_data")
         train, n_eval = ds, held.count()
     else:
         return ds, None, 0
@@ -87,12 +88,12 @@ def run(cfg: TrainConfig, out: Output) -> dict:
                               eval_data=cfg.eval_data and fsys.absolute(cfg.eval_data))
     tracking.check(cfg, cfg.checkpoint_storage)
     cfg = dataclasses.replace(cfg, tracking_uri=tracking.default_uri(cfg, cfg.checkpoint_storage))
-    run_id = new_run_id()
-    identity = run_identity(cfg)  # fails at once on a missing input
+    run_id = out.run_id  # the version folder's run id (_v-train-<run_id>), as every stage names it
+    identity = run_identity(cfg, out.inputs["data"])
     storage_path, storage_fs = storage(cfg)
     plan = plan_resume(cfg, cfg.checkpoint_storage, identity)
     init_ray()
-    ds, held, n_eval = eval_rows(cfg, read_rows(cfg.data))
+    ds, held, n_eval = eval_rows(cfg, out)
     total_rows = ds.count()
     s, t = cfg.scaling, cfg.train
     try:
@@ -187,7 +188,7 @@ class RayReporter(loop.Reporter):
 
 
 def inputs(cfg: TrainConfig) -> dict[str, str | None]:
-    return {"data": cfg.data, "model": cfg.model}
+    return {"data": cfg.data, "model": cfg.model, "eval_data": cfg.eval_data}
 
 
 STAGE = Stage(name="train", config=TrainConfig, run=run, inputs=inputs)

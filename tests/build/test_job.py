@@ -39,8 +39,13 @@ def inputs(real_rows, tmp_path_factory):
     return root, rows, labelled, unresolved[-1]["traj_id"]
 
 
-def test_build_srft_mix_packed_to_s3(ray_session, s3_bucket, inputs, builder):
+def test_build_srft_mix_packed_to_s3(ray_session, s3_bucket, inputs, builder, monkeypatch):
+    from pipeline import record
     from pipeline.build.stage import STAGE as BUILD
+
+    located = []  # run_stage locates each input once; the stage reads what it located
+    real_locate = record.locate
+    monkeypatch.setattr(record, "locate", lambda uri: located.append(uri) or real_locate(uri))
 
     root, rows, _labelled, unlabeled_id = inputs
     out = f"{s3_bucket}/train_rows"
@@ -51,6 +56,7 @@ def test_build_srft_mix_packed_to_s3(ray_session, s3_bucket, inputs, builder):
         batch_size=2, num_workers=1, unknown_outcome="exclude",
     )
     s = run_direct(BUILD, cfg)
+    assert (located.count(cfg.trajectories), located.count(cfg.labels), located.count(cfg.model)) == (1, 1, 1)
     assert s["rows_in"] == len(rows) == s["documents_out"] + s["rows_errored"] + s["rows_excluded"]
     assert s["exclusions"].get("unlabeled") == 1 and s["exclusions"].get("resolution_unknown") == 1
     assert s["rows_errored"] == 0
