@@ -1,6 +1,6 @@
 """Quick learning curves for a student candidate (#19), outside the pipeline:
 
-    python -m experiment.curve OUT [steps=3000] [tools=0|1] [layers=2] [hidden=128] [heads=4] [lr=1e-2] ...
+    python -m experiment.curve OUT [steps=3000] [tools=0|1] [layers=2] [hidden=128] [heads=4] [lr=1e-2] [beta2=0.999] [init_std=0.02] ...
 
 A plain torch loop over seed `seed`'s rft runs (the resolved runs of the experiment's pool), with
 the experiment's student (tokenizer, Qwen2.5 template, tiny Qwen2 of that shape), AdamW with 5%
@@ -50,6 +50,7 @@ threads = int(a.get("threads", 1))
 min_ratio = float(a.get("min_ratio", 0.1))
 sched = a.get("sched", "cosine")
 seed = int(a.get("seed", 0))
+beta2 = float(a.get("beta2", 0.999))
 torch.set_num_threads(threads)
 
 tok_dir = student_tokenizer(out / "student_tokenizer", 1024)
@@ -60,6 +61,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 tok = AutoTokenizer.from_pretrained(mdir)
 model = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.float32)
+if "init_std" in a:  # re-initialise the weight matrices at another std (the config's is 0.02)
+    torch.manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, (torch.nn.Linear, torch.nn.Embedding)):
+            torch.nn.init.normal_(mod.weight, std=float(a["init_std"]))
 T = TOOLS if tools else None
 eot = tok.convert_tokens_to_ids("<|im_end|>")
 
@@ -85,7 +91,7 @@ for r in runs:
 lens = [len(d[0]) for d in docs]
 print(f"{len(docs)} docs, mean len {np.mean(lens):.0f}, trained/doc {np.mean([d[1].sum() for d in docs]):.0f}", flush=True)
 
-opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, beta2), weight_decay=0.0)
 warm = max(1, steps // 20)
 
 

@@ -1,0 +1,92 @@
+"""The experiment's (seed, recipe) units over several processes: `make experiment-success`, or
+
+    python -m experiment.parallel [procs=2] [any experiment.run key=value ...]
+
+Why processes. The student is tiny: one training step does not get faster with a second torch
+thread, and with other work on the cores two threads of one step spin-wait on each other
+(docs/experiment.md, "Task success"). Two one-thread processes on the 2 cores therefore finish the
+table in about half the time of one process.
+
+How. Every unit is ``python -m experiment.run <keys> seeds=[s] recipes=[r] train_threads=1`` in a
+subprocess with its own Ray session directory (``SRFT_RAY_TMPDIR``). It writes its ``eval.json``
+exactly as a serial run does, and a serial run skips the units it finds done. The units run in
+three phases, so that no two processes ever create the same file:
+
+1. the student tokenizer, here (every unit reads it);
+2. each seed's `base` unit, which also writes the seed's initialisation and ingests its pool;
+3. the training units, longest first, `procs` at a time.
+
+At the end, one serial ``experiment.run`` over every seed and recipe finds every unit done and
+writes the pooled results.json, results.md and plots. A failed unit is reported by its log; the
+final run then trains it serially (it is not done), so the table is never silently short.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from experiment.run import BASE, ExperimentConfig, log
+from experiment.student import student_tokenizer
+
+
+def _unit_argv(argv: list[str], seed: int, recipe: str) -> list[str]:
+    return [sys.executable, "-m", "experiment.run", *argv, f"seeds=[{seed}]", f"recipes=[{recipe}]",
+            "train_threads=1"]
+
+
+def _run_all(units: list[tuple[int, str]], argv: list[str], procs: int, logs: Path) -> list[str]:
+    """Run the units `procs` at a time; the names of those that failed."""
+    pending, running, failed = list(units), {}, []
+    while pending or running:
+        while pending and len(running) < procs:
+            seed, recipe = pending.pop(0)
+            slot = next(i for i in range(procs) if i not in {s for s, _, _ in running.values()})
+            name = f"seed{seed}-{recipe}"
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "SRFT_RAY_TMPDIR": f"/tmp/srft-exp-{os.getpid()}-{slot}"}
+            with open(logs / f"{name}.log", "w") as f:
+                p = subprocess.Popen(_unit_argv(argv, seed, recipe), stdout=f, stderr=subprocess.STDOUT, env=env)
+            running[p.pid] = (slot, name, p)
+            log(f"started {name} (log {logs / f'{name}.log'})")
+        time.sleep(5)
+        for pid, (slot, name, p) in list(running.items()):
+            if p.poll() is not None:
+                del running[pid]
+                log(f"{name} {'done' if p.returncode == 0 else f'FAILED (exit {p.returncode})'}")
+                if p.returncode:
+                    failed.append(name)
+    return failed
+
+
+def main(argv: list[str]) -> None:
+    procs = 2
+    rest = []
+    for a in argv:
+        if a.startswith("procs="):
+            procs = int(a.split("=", 1)[1])
+        else:
+            rest.append(a)
+    cfg: ExperimentConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExperimentConfig),
+                                                                OmegaConf.from_dotlist(rest)))
+    out = Path(cfg.out)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    student_tokenizer(out / "student_tokenizer", cfg.student.vocab_size)
+    failed = _run_all([(s, BASE) for s in cfg.seeds], rest, procs, logs)
+    # Longest first: the mix recipes train the most rows, the unresolved ones the most steps.
+    trained = [r for r in cfg.recipes if r != BASE]
+    units = [(s, r) for r in trained for s in cfg.seeds]
+    failed += _run_all(units, rest, procs, logs)
+    log(f"units finished in {(time.time() - t0) / 60:.1f} min; failed: {failed or 'none'}")
+    subprocess.run([sys.executable, "-m", "experiment.run", *rest], check=True)
+    log(f"experiment.parallel: {(time.time() - t0) / 60:.1f} min in all")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
