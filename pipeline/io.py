@@ -21,10 +21,13 @@ from pipeline.errors import InputNotFound, UserError
 from pipeline.schema import check_version
 
 
-def exists(uri: str) -> bool:
-    """Whether `uri` exists, following commit records: ``<output>/_errors`` exists when the
-    committed version holds it (see pipeline.record)."""
-    loc = record.locate(uri)
+def exists(source: str | record.Input) -> bool:
+    """Whether `source` exists, following commit records: ``<output>/_errors`` exists when the
+    committed version holds it (see pipeline.record). An `Input` is not located again."""
+    if isinstance(source, record.Input):
+        uri, loc = source.base, source.located
+    else:
+        uri, loc = source, record.locate(source)
     if loc is not None and loc.rel:  # a logical path inside a committed output: what its record says
         return bool(loc.commit.uris(loc.rel))  # (a side table's folder exists before it holds rows)
     return fsys.exists(uri) or (loc is not None and bool(loc.commit.uris(loc.rel)))

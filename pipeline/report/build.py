@@ -7,16 +7,17 @@ import time
 from pipeline import fsys, io
 from pipeline.config import redacted
 from pipeline.errors import InputNotFound, UserError
+from pipeline.record import Input
 from pipeline.report import load, plots, render, stats
 from pipeline.report.config import ReportConfig
 from pipeline.schema import LABEL_ERROR, STEP_LABEL, TRAINING_ROW
 
 
-def _optional(uri: str | None, what: str) -> tuple[bool, str]:
-    if not uri:
+def _optional(src: Input, what: str) -> tuple[bool, str]:
+    if not src.uri:
         return False, f"no `{what}` URI was given"
-    if not io.exists(uri):
-        return False, f"`{what}` = `{uri}` does not exist (has that stage run?)"
+    if not io.exists(src):
+        return False, f"`{what}` = `{src.uri}` does not exist (has that stage run?)"
     return True, ""
 
 
@@ -38,29 +39,33 @@ def _inspector_page(train_rows: str, notes: dict) -> tuple[bytes | None, dict | 
                                            "steps": len(insp.steps), "verified": insp.verified}
 
 
-def _reference_build(cfg: ReportConfig, inputs: dict, notes: dict) -> dict | None:
+def _reference_build(cfg: ReportConfig, src: dict[str, Input], inputs: dict, notes: dict) -> dict | None:
     """The build made with `cfg.reference` labels: its label counts and tokens per recipe."""
     ref = cfg.reference
     if not ref.train_rows:
         return None
     for key in ("labels", "train_rows"):
         uri = getattr(ref, key)
-        ok = bool(uri) and io.exists(uri)
+        ok = bool(uri) and io.exists(src[f"reference_{key}"])
         inputs[f"reference_{key}"] = {"uri": uri, "status": f"read ({ref.name})" if ok else "missing"}
         if not ok:
             notes["reference"] = f"`reference.{key}` = `{uri}` does not exist: no build with {ref.name}"
             return None
-    labels = load.read_columns(ref.labels, STEP_LABEL, load.LABEL_COLUMNS)["label"].to_pylist()
+    labels = load.read_columns(src["reference_labels"], STEP_LABEL, load.LABEL_COLUMNS)["label"].to_pylist()
     return {"name": ref.name, "labels": ref.labels, "train_rows": ref.train_rows,
             "label_counts": {lab: labels.count(lab) for lab in stats.LABELS},
-            "recipes": stats.recipe_tokens(load.read_columns(ref.train_rows, TRAINING_ROW, load.TRAIN_ROW_COLUMNS))}
+            "recipes": stats.recipe_tokens(load.read_columns(src["reference_train_rows"], TRAINING_ROW,
+                                                             load.TRAIN_ROW_COLUMNS))}
 
 
-def make_report(cfg: ReportConfig, run_id: str) -> tuple[dict, dict[str, bytes]]:
-    """Return (the report's numbers, {relative file name: bytes}) for `cfg`."""
+def make_report(cfg: ReportConfig, run_id: str, src: dict[str, Input]) -> tuple[dict, dict[str, bytes]]:
+    """Return (the report's numbers, {relative file name: bytes}) for `cfg`, reading the inputs
+    `src` that run_stage located and fingerprinted (`inputs` in stage.py names them). The mask
+    inspector's appendix page is the exception: it re-derives one document from `train_rows` by
+    URI, as `jobs.inspect` does."""
     for name in ("trajectories", "labels"):  # required: fail at once, naming the input
         uri = getattr(cfg, name)
-        if not io.exists(uri):
+        if not io.exists(src[name]):
             raise InputNotFound(f"{name}={uri}: no such input (has that stage run?)")
     unknown = set(cfg.mask.labels) - set(stats.LABELS)
     if unknown:
@@ -71,11 +76,11 @@ def make_report(cfg: ReportConfig, run_id: str) -> tuple[dict, dict[str, bytes]]
     notes: dict[str, str] = {}
     skipped: list[str] = []
 
-    tokens = load.step_tokens(cfg.trajectories, cfg.tokens)
+    tokens = load.step_tokens(src["trajectories"], cfg.tokens)
     label_rows, duplicates = stats.dedupe_labels(
-        load.read_columns(cfg.labels, STEP_LABEL, load.LABEL_COLUMNS))
-    if io.exists(errors_uri):
-        errors = load.read_columns(errors_uri, LABEL_ERROR, load.ERROR_COLUMNS)
+        load.read_columns(src["labels"], STEP_LABEL, load.LABEL_COLUMNS))
+    if io.exists(src["label_errors"]):
+        errors = load.read_columns(src["label_errors"], LABEL_ERROR, load.ERROR_COLUMNS)
         inputs["label_errors"] = {"uri": errors_uri, "status": f"read ({errors.num_rows} rows)"}
     else:
         errors = LABEL_ERROR.empty_table().select(load.ERROR_COLUMNS)
@@ -102,20 +107,20 @@ def make_report(cfg: ReportConfig, run_id: str) -> tuple[dict, dict[str, bytes]]
     report["errors"] = stats.critic_errors(errors, labelled, set(tokens.step_sizes))
     report["critic_usage"] = stats.critic_usage(label_rows)
 
-    ok, why = _optional(cfg.train_rows, "train_rows")
+    ok, why = _optional(src["train_rows"], "train_rows")
     inputs["train_rows"] = {"uri": cfg.train_rows, "status": "read" if ok else "missing"}
     report["recipes"] = None
     if ok:
         report["recipes"] = stats.recipe_tokens(
-            load.read_columns(cfg.train_rows, TRAINING_ROW, load.TRAIN_ROW_COLUMNS))
+            load.read_columns(src["train_rows"], TRAINING_ROW, load.TRAIN_ROW_COLUMNS))
     else:
         notes["recipes"], _ = why, skipped.append("tokens per recipe")
 
-    ok, why = _optional(cfg.train_metrics, "train_metrics")
+    ok, why = _optional(src["train_metrics"], "train_metrics")
     inputs["train_metrics"] = {"uri": cfg.train_metrics, "status": "read" if ok else "missing"}
     report["loss"] = None
     if ok:
-        metrics = load.read_metrics(cfg.train_metrics)
+        metrics = load.read_metrics(src["train_metrics"])
         if metrics:
             report["loss"] = stats.loss_curve(metrics)
         else:
@@ -131,7 +136,7 @@ def make_report(cfg: ReportConfig, run_id: str) -> tuple[dict, dict[str, bytes]]
         "plots/confidence_histogram.png": plots.confidence_histogram(report["confidence"], cfg.mask.threshold),
         "plots/threshold_sweep.png": plots.threshold_sweep(report["sweep"], report["recipes"]),
     }
-    report["reference"] = _reference_build(cfg, inputs, notes)
+    report["reference"] = _reference_build(cfg, src, inputs, notes)
     report["inspector"] = None
     if report["recipes"] and cfg.inspect:
         page, report["inspector"] = _inspector_page(cfg.train_rows, notes)

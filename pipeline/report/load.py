@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import fsys, io
+from pipeline.record import Input
 from pipeline.schema import LABEL_ERROR, STEP_LABEL, TRAINING_ROW, TRAJECTORY, check_version
 from pipeline.steps import split_steps
 
@@ -28,7 +29,7 @@ def _open(file_uri: str) -> pq.ParquetFile:
     return pq.ParquetFile(fs.open_input_file(path))
 
 
-def read_columns(uri: str, schema: pa.Schema, columns: list[str]) -> pa.Table:
+def read_columns(uri: str | Input, schema: pa.Schema, columns: list[str]) -> pa.Table:
     """Every Parquet file under `uri` (which must exist), projected to `columns` of `schema`."""
     target = pa.schema([schema.field(c) for c in columns])
     tables = []
@@ -104,7 +105,7 @@ def _assistant_text(message: dict) -> str:
     return (message.get("content") or "") + (message.get("tool_calls") or "")
 
 
-def step_tokens(uri: str, cfg) -> StepTokens:
+def step_tokens(uri: str | Input, cfg) -> StepTokens:
     """Stream the trajectories and measure each step's assistant message (the step's trained part;
     the observations after it are context)."""
     tok, why_not = _load_tokenizer(cfg)
@@ -140,7 +141,7 @@ def step_tokens(uri: str, cfg) -> StepTokens:
     return out
 
 
-def read_metrics(uri: str) -> list[dict]:
+def read_metrics(uri: str | Input) -> list[dict]:
     """Per-step training metrics from JSONL / JSON lines / Parquet files under `uri`.
     Rows need `step` and `loss`; other numeric columns are kept."""
     rows: list[dict] = []
@@ -156,7 +157,7 @@ def read_metrics(uri: str) -> list[dict]:
                     raise ValueError(f"{f}: line {n} is not JSON ({e.msg})") from e
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or "step" not in r or "loss" not in r:
-            raise ValueError(f"{uri}: metrics row {i} has no `step` and `loss`: {str(r)[:200]}")
+            raise ValueError(f"{getattr(uri, 'uri', uri)}: metrics row {i} has no `step` and `loss`: {str(r)[:200]}")
     return rows
 
 

@@ -21,7 +21,7 @@ from pipeline.report.config import ReportConfig
 
 def run(cfg: ReportConfig, out: Output) -> dict:
     run_id = out.run_id
-    report, files = make_report(cfg, run_id)
+    report, files = make_report(cfg, run_id, out.inputs)
     staging = out.uri  # this run's version folder; run_stage commits it
     files["report.json"] = json.dumps(report, indent=1, default=str).encode()
     for name, data in files.items():

@@ -220,6 +220,19 @@ def test_sweep_counts_student_tokens(fast_plots, report_fixture, qwen_tokenizer_
         _committed(report_fixture["output"]) / "report.md").read_text()
 
 
+def test_each_input_is_located_once(fast_plots, report_fixture, monkeypatch):
+    """The report reads the inputs run_stage located (out.inputs), not their URIs again: each of
+    its inputs is located exactly once, by run_stage (the inspector appendix is off here; it
+    re-derives a document by URI, as `jobs.inspect` does)."""
+    located = []
+    real_locate = record.locate
+    monkeypatch.setattr(record, "locate", lambda uri: located.append(uri) or real_locate(uri))
+    summary = _run(report_fixture, "inspect=false")
+    assert summary["rows_in"] == 14 and summary["label_errors"] == 2
+    for name in ("trajectories", "labels", "train_rows", "train_metrics"):
+        assert located.count(report_fixture[name]) == 1, (name, located)
+
+
 def test_main_leaves_a_manifest(fast_plots, report_fixture):
     import jobs.report
 
