@@ -210,16 +210,16 @@ def _walk_fs(fs: pafs.FileSystem, uri: str, path: str, wanted: tuple[str, ...], 
             skipped.append({"uri": as_uri(uri, f.path), "reason": UNSUPPORTED_SUFFIX})
     return found, skipped
 
+
 def staging_uri(output: str, run_id: str) -> str:
     return join(output, f"_staging-{run_id}")
 
-def publish(staging: str, output: str, replace: bool = False) -> list[str]:
-    """Move every file of `staging` into `output` (keeping relative paths, overwriting files of
-    the same name), then remove `staging`. Nothing else in `output` is touched.
 
-    `replace` is accepted for old callers and ignored: nothing here deletes what a folder held.
-    Stage outputs are replaced by committing a new version (pipeline.commit): write under
-    ``out.uri`` instead of staging and publishing.
+def publish(staging: str, output: str) -> list[str]:
+    """Move every file of `staging` into `output` (keeping relative paths, overwriting files of
+    the same name), then remove `staging`. Nothing else in `output` is touched: nothing here
+    deletes what a folder held. Stage outputs are replaced by committing a new version
+    (pipeline.commit), not by this; train's HF export inside its version folder uses it.
     """
     fs, src = filesystem(staging)
     _, dst = filesystem(output)

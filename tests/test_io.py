@@ -83,7 +83,7 @@ def test_publish_moves_files_and_deletes_nothing(root):
     staging = fsys.staging_uri(out, "r1")
     fsys.write_table(ROWS, fsys.join(staging, "new.parquet"))
     fsys.write_table(ROWS, fsys.join(staging, "_errors", "e.parquet"))
-    moved = fsys.publish(staging, out, replace=True)
+    moved = fsys.publish(staging, out)
     assert sorted(m.rsplit("/out/", 1)[1] for m in moved) == ["_errors/e.parquet", "new.parquet"]
     assert io.exists(fsys.join(out, "old.parquet")) and not io.exists(staging)
 

@@ -173,7 +173,7 @@ def export_hf(lm: nn.Module, source_dir: str, output_uri: str, dtype: torch.dtyp
     fs, staging_path = fsys.filesystem(staging)
     fs.create_dir(staging_path, recursive=True)
     pafs.copy_files(local, staging_path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-    fsys.publish(staging, output_uri, replace=True)
+    fsys.publish(staging, output_uri)
     shutil.rmtree(local, ignore_errors=True)
     if dist.is_initialized():
         dist.barrier()
