@@ -253,7 +253,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+    # the interval holds p exactly; rounding could put the bound a hair past it at 0 or n (a lower
+    # bound of 1e-18 at 0 successes), which makes a negative error bar
+    return (float(min(p, max(0.0, centre - half))), float(max(p, min(1.0, centre + half))))
 
 
 # the expert's moves, in order: where a closed-loop run first leaves the expert path

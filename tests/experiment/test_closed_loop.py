@@ -100,3 +100,13 @@ def test_a_student_without_valid_actions_runs_out_of_steps():
 def test_wilson_interval(k, n, lo, hi):
     got = ev.wilson_interval(k, n)
     assert got == pytest.approx((lo, hi), abs=1e-4)
+
+
+def test_wilson_interval_holds_the_rate_exactly():
+    # at 0/300 the formula's lower bound rounds to 8.7e-19, above the rate: the success plot's
+    # error bar was negative and the pooled report crashed
+    for n in range(1, 1001):
+        for k in (0, 1, n // 2, n - 1, n):
+            lo, hi = ev.wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)
+    assert ev.wilson_interval(0, 300)[0] == 0.0
