@@ -107,6 +107,7 @@ def success_plot(results: list[dict], recipes: list[str], out: Path) -> Path | N
     if not present:
         return None
     fig, ax = plt.subplots(figsize=(7, 3.6))
+    top = 0.0
     for j, (key, label) in enumerate((("closed_loop", "greedy"), ("closed_loop_sampled", "sampled, T=1"))):
         for i, recipe in enumerate(present):
             p = pooled(results, recipe, key)
@@ -116,9 +117,10 @@ def success_plot(results: list[dict], recipes: list[str], out: Path) -> Path | N
             ax.bar(x, p["success"], width=0.34, color=f"C{j}", alpha=0.7, label=label if i == 0 else None)
             ax.errorbar(x, p["success"], yerr=[[p["success"] - p["ci95"][0]], [p["ci95"][1] - p["success"]]],
                         color="k", capsize=3, lw=1)
+            top = max(top, p["ci95"][1])
     ax.set_xticks(range(len(present)), present, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("closed-loop success (95% Wilson CI)")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, min(1.0, max(0.1, 1.2 * top)))  # small rates stay readable
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / "success.png"
