@@ -14,7 +14,7 @@ three phases, so that no two processes ever create the same file:
 
 1. the student tokenizer, here (every unit reads it);
 2. each seed's `base` unit, which also writes the seed's initialisation and ingests its pool;
-3. the training units, longest first, `procs` at a time.
+3. the training units, recipe by recipe over the seeds, `procs` at a time.
 
 At the end, one serial ``experiment.run`` over every seed and recipe finds every unit done and
 writes the pooled results.json, results.md and plots. A failed unit is reported by its log; the
@@ -79,7 +79,6 @@ def main(argv: list[str]) -> None:
     t0 = time.time()
     student_tokenizer(out / "student_tokenizer", cfg.student.vocab_size)
     failed = _run_all([(s, BASE) for s in cfg.seeds], rest, procs, logs)
-    # Longest first: the mix recipes train the most rows, the unresolved ones the most steps.
     trained = [r for r in cfg.recipes if r != BASE]
     units = [(s, r) for r in trained for s in cfg.seeds]
     failed += _run_all(units, rest, procs, logs)

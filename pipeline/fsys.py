@@ -56,6 +56,7 @@ def absolute(uri: str) -> str:
 def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri.rstrip("/"), *parts)
 
+
 def split_glob(uri: str) -> tuple[str, str | None]:
     """(`uri` without a glob on its last part, that glob or None): ``out/*.parquet`` -> (``out``, ``*.parquet``)."""
     _, path = filesystem(uri)

@@ -138,7 +138,7 @@ def parquet_shards(source: str | record.Input, schema: pa.Schema, key: str, what
     commit records), each checked from its footer for the schema version and for `schema`'s
     columns. None, or a shard of another table, is a one-line `UserError` naming the config `key`
     and what to do (`hint`); a missing `source` is `InputNotFound`."""
-    uri = source.uri if isinstance(source, record.Input) else source
+    uri = record.uri_of(source)
     files = list_files(source, (".parquet",))
     if not files:
         raise UserError(f"{key}={uri} holds no {what} .parquet shards; {hint}")

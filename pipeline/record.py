@@ -31,6 +31,7 @@ API (the reader side)::
     read_commit(uri) -> Commit | None                  # the record of the output at `uri`
     locate(uri) -> Located | None                      # the committed output `uri` is or lies inside
     Input.of(uri) -> Input         # `uri` located once: what run_stage fingerprints and hands the stage
+    uri_of(str | Input) -> str     # the configured URI of either, for messages
     resolve(uri) -> str            # the physical URI of a committed logical file or one-version folder
                                    # (resolve(<train output>/hf) for from_pretrained; humans: see the
                                    # manifest's commit.files)
@@ -188,6 +189,11 @@ class Input:
             return cls(uri, uri, None, None)
         base, pattern = fsys.split_glob(uri)
         return cls(uri, base, pattern, locate(base))
+
+
+def uri_of(source: str | Input | None) -> str | None:
+    """The URI a reader names in its messages: as configured, for a located `Input`."""
+    return source.uri if isinstance(source, Input) else source
 
 
 def resolve(uri: str) -> str:

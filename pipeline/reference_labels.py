@@ -37,7 +37,7 @@ class ReferenceLabelsConfig:
 def read_reference(source: str | record.Input, name: str) -> pa.Table:
     """The JSONL rows under `source` (a URI, or the input as run_stage located it) as STEP_LABEL;
     a bad row is a UserError naming its file and line."""
-    uri = source.uri if isinstance(source, record.Input) else source
+    uri = record.uri_of(source)
     try:
         files = io.list_files(source, (".jsonl",))
     except FileNotFoundError:  # InputNotFound included

@@ -108,7 +108,7 @@ def read_resolution(uri: str | record.Input | None) -> tuple[dict[str, bool], Re
     """instance_id -> resolved from every report under `uri` (a URI, or the input as run_stage
     located it), and what was unusable."""
     report = ResolutionReport()
-    if not uri:
+    if not record.uri_of(uri):  # no resolution input configured
         return {}, report
     summaries: dict[str, bool] = {}
     per_instance: dict[str, bool] = {}

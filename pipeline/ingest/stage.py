@@ -65,7 +65,7 @@ def _list_inputs(cfg: IngestConfig, out: Output) -> tuple[list[str], dict[str, i
 
 def _read_resolution(cfg: IngestConfig, out: Output):
     try:
-        return read_resolution(out.inputs["resolution"] if cfg.resolution else None)
+        return read_resolution(out.inputs["resolution"])
     except FileNotFoundError:
         raise UserError(f"resolution={cfg.resolution}: no such file or folder") from None
 

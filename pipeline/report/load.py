@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import fsys, io
-from pipeline.record import Input
+from pipeline.record import Input, uri_of
 from pipeline.schema import LABEL_ERROR, STEP_LABEL, TRAINING_ROW, TRAJECTORY, check_version
 from pipeline.steps import split_steps
 
@@ -157,7 +157,7 @@ def read_metrics(uri: str | Input) -> list[dict]:
                     raise ValueError(f"{f}: line {n} is not JSON ({e.msg})") from e
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or "step" not in r or "loss" not in r:
-            raise ValueError(f"{getattr(uri, 'uri', uri)}: metrics row {i} has no `step` and `loss`: {str(r)[:200]}")
+            raise ValueError(f"{uri_of(uri)}: metrics row {i} has no `step` and `loss`: {str(r)[:200]}")
     return rows
 
 
