@@ -42,12 +42,14 @@ experiment: $(VENV_STAMP)
 
 # The paper's table as task success (docs/experiment.md, "Task success"): 3 seeds x the six rows,
 # 100 held-out tasks per (seed, recipe), greedy and 4 samples per task at T=1, no threshold sweep.
-# The student: 8 heads (4 KV), ~1,500 one-row steps (candidate A of "What we tried"). Two one-thread
-# processes share the 2 cores (experiment/parallel.py).
+# The student: 8 heads (4 KV), pretrained to copy (600 steps of experiment/pretrain.py's induction
+# corpus), then each recipe fine-tunes it at lr 1e-3 for 600k trained tokens (~780 one-row steps
+# for rft): candidate H2 of "What we tried". Two one-thread processes share the 2 cores
+# (experiment/parallel.py).
 experiment-success: $(VENV_STAMP)
 	$(PY) -m experiment.parallel procs=2 out=runs/experiment-success closed_loop_tasks=100 \
-		closed_loop_samples=4 sweep_thresholds=[] trained_tokens=1150000 student.num_heads=8 \
-		student.num_kv_heads=4 $(EXPERIMENT_ARGS)
+		closed_loop_samples=4 sweep_thresholds=[] student.num_heads=8 student.num_kv_heads=4 \
+		pretrain_steps=600 lr=1e-3 trained_tokens=600000 $(EXPERIMENT_ARGS)
 
 bench: $(VENV_STAMP)
 	$(PY) -m bench.run_all

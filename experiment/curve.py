@@ -1,6 +1,6 @@
 """Quick learning curves for a student candidate (#19), outside the pipeline:
 
-    python -m experiment.curve OUT [steps=3000] [tools=0|1] [layers=2] [hidden=128] [heads=4] [lr=1e-2] [beta2=0.999] [init_std=0.02] ...
+    python -m experiment.curve OUT [steps=3000] [tools=0|1] [layers=2] [hidden=128] [heads=4] [lr=1e-2] [beta2=0.999] [init_std=0.02] [init=DIR] ...
 
 A plain torch loop over seed `seed`'s rft runs (the resolved runs of the experiment's pool), with
 the experiment's student (tokenizer, Qwen2.5 template, tiny Qwen2 of that shape), AdamW with 5%
@@ -59,6 +59,8 @@ mdir = models.tiny_qwen2(out / "student", hidden_size=hidden, num_layers=layers,
                          tokenizer=tok_dir)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+if "init" in a:  # start from a saved model instead (a pretrained student, experiment/pretrain.py)
+    mdir = Path(a["init"])
 tok = AutoTokenizer.from_pretrained(mdir)
 model = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.float32)
 if "init_std" in a:  # re-initialise the weight matrices at another std (the config's is 0.02)

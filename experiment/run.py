@@ -29,9 +29,11 @@ from experiment import evaluate as ev
 from experiment import generate as gen
 from experiment import stages
 from experiment.env import TOOLS, make_tasks
+from experiment.pretrain import pretrain
 from experiment.student import student_tokenizer
 
-# The paper's table: `base` is the untrained student (the shared initialisation, evaluated only),
+# The paper's table: `base` is the shared initialisation (the pretrained student, not trained on
+# any agent run) evaluated only,
 # the others are build recipes (every recipe of pipeline.build.config.RECIPES is accepted).
 BASE = "base"
 RECIPES = [BASE, "rft", "unresolved_nomask", "srft_unresolved", "mix_nomask", "srft_mix"]
@@ -75,6 +77,12 @@ class ExperimentConfig:
     # experiment processes share the 2 cores: two threads of one step spin-wait on each other there
     train_threads: int = 0
     student: StudentConfig = field(default_factory=StudentConfig)
+    # steps of the student's pretraining on the induction (copy) corpus before any recipe
+    # (experiment/pretrain.py): the shared initialisation of every recipe and the `base` row.
+    # 0: the random initialisation itself (the token-level `make experiment`). With a pretrained
+    # student, fine-tune below its pretraining lr (3e-3): at 1e-2 the fine-tune erased the copy
+    # (docs/experiment.md, "What we tried", H); `make experiment-success` runs 600 at lr 1e-3.
+    pretrain_steps: int = 0
     mix: dict = field(default_factory=lambda: asdict(gen.Mix()))
     # threshold sweep under critic noise (seed sweep_seed, recipe sweep_recipe)
     sweep_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])
@@ -261,8 +269,11 @@ def run(cfg: ExperimentConfig) -> list[dict]:
     for seed in cfg.seeds:
         data = out / f"seed{seed}" / "data"
         shape = {k: v for k, v in asdict(cfg.student).items() if k != "vocab_size"}
-        student = models.tiny_qwen2(out / f"seed{seed}" / "student", seed=seed, max_position_embeddings=cfg.seq_len,
-                                    tokenizer=tokenizer, **shape)
+        student = models.tiny_qwen2(out / f"seed{seed}" / "student_init", seed=seed,
+                                    max_position_embeddings=cfg.seq_len, tokenizer=tokenizer, **shape)
+        if cfg.pretrain_steps:
+            student = pretrain(student, out / f"seed{seed}" / "student", steps=cfg.pretrain_steps, seed=seed,
+                               threads=cfg.train_threads or 2, log=log)
         runs = training_pool(cfg, seed)
         labels = gen.label_rows(runs)
         if cfg.force or not (data / "trajectories").exists():
