@@ -6,7 +6,8 @@ Per seed: a pool of scripted runs in `env` (kinds and rates in `generate`), writ
 tool-style JSONL and ingested by the real ingest stage; the reference step labels written as the
 label stage's output; then per recipe the real build stage (Qwen2.5's chat template over the
 student's small vocabulary, `student`) and the real train stage (Ray Train + FSDP2 on gloo) from
-the same initialisation of the same tiny Qwen2, each for the same number of trained (loss) tokens;
+the same initialisation of the same tiny Qwen2 (with `pretrain_steps`, pretrained to copy first:
+`pretrain`), each for the same number of trained (loss) tokens;
 then `evaluate` on held-out tasks.
 A threshold sweep under critic noise rebuilds and retrains `sweep_recipe` at each `mask.threshold`.
 
@@ -182,7 +183,8 @@ def closed_loops(cfg: ExperimentConfig, seed: int, student: ev.Student) -> dict:
 
 
 def evaluate_base(cfg: ExperimentConfig, seed: int, student_dir: Path) -> dict:
-    """The paper's `base` row: the shared initialisation, untrained, measured as every recipe is
+    """The paper's `base` row: the shared initialisation (pretrained to copy with `pretrain_steps`,
+    never trained on an agent run), measured as every recipe is
     (prompts with the tool schemas exactly when `tool_schemas` puts them into the built rows)."""
     done = Path(cfg.out) / f"seed{seed}" / BASE / "eval.json"
     if done.exists() and not cfg.force:
