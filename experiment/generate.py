@@ -46,13 +46,19 @@ PROMPT_VERSION = "experiment-v1"
 
 @dataclass(frozen=True)
 class Mix:
-    """Run kinds of the training pool and how often a mistake is followed by its recovery."""
+    """Run kinds of the training pool, how often a mistake is followed by its recovery, and the
+    reference label of the submit that ends an unrecovered mistake run."""
 
     expert: float = 0.4
     wander: float = 0.2
     delete_test: float = 0.2
     edit_test: float = 0.2
     p_recover: float = 0.7
+    # "mistake": the submit of an unfixed repository is a mistake of its own (the reference
+    # labelling). "good": only the step that broke the repository is; the submit, after a pytest
+    # that passed, is what the agent should do there. It decides whether any trained step of an
+    # unresolved run is a submit: with "mistake", srft_unresolved never trains one (docs/experiment.md)
+    unfixed_submit: str = "mistake"
 
     def weights(self) -> list[float]:
         return [self.expert, self.wander, self.delete_test, self.edit_test]
@@ -99,8 +105,11 @@ def submit():
     return call("submit")
 
 
-def script(task: Task, kind: str, recovered: bool, rng: random.Random) -> list[tuple[dict, str]]:
+def script(task: Task, kind: str, recovered: bool, rng: random.Random,
+           unfixed_submit: str = "mistake") -> list[tuple[dict, str]]:
     """The (action, reference label) list of one run."""
+    if unfixed_submit not in ("mistake", "good"):
+        raise ValueError(f"mix.unfixed_submit must be 'mistake' or 'good', not {unfixed_submit!r}")
     B, T = task.bug.path, task.bug.test_path
     others = [m.path for m in task.modules if m.path != B]
     head = [(ls(), "good"), (pytest(), "good")]
@@ -114,12 +123,12 @@ def script(task: Task, kind: str, recovered: bool, rng: random.Random) -> list[t
         steps = head + [(rm(T), "mistake")]
         if recovered:
             return steps + [(checkout(T), "recover"), (cat(B), "good"), (fix(task), "good"), (pytest(), "good")]
-        return steps + [(pytest(), "good"), (submit(), "mistake")]
+        return steps + [(pytest(), "good"), (submit(), unfixed_submit)]
     if kind == "edit_test":
         steps = head + [(cat(B), "good"), (edit_test(task), "mistake")]
         if recovered:
             return steps + [(undo(T), "recover"), (fix(task), "good"), (pytest(), "good")]
-        return steps + [(pytest(), "good"), (submit(), "mistake")]
+        return steps + [(pytest(), "good"), (submit(), unfixed_submit)]
     raise ValueError(f"unknown run kind {kind!r}")
 
 
@@ -150,11 +159,12 @@ class Run:
     fixed: bool  # the original tests pass on the sources at the end (whether or not submitted)
 
 
-def rollout(task: Task, kind: str, recovered: bool, rng: random.Random, traj_id: str) -> Run:
+def rollout(task: Task, kind: str, recovered: bool, rng: random.Random, traj_id: str,
+            unfixed_submit: str = "mistake") -> Run:
     env = Env(task)
     messages = task.prompt()
     labels = []
-    for k, (action, label) in enumerate(script(task, kind, recovered, rng)):
+    for k, (action, label) in enumerate(script(task, kind, recovered, rng, unfixed_submit)):
         if env.done:
             break
         call_id = f"call_{k}"
@@ -181,7 +191,7 @@ def generate(tasks: list[Task], mix: Mix, seed: int) -> list[Run]:
     for i, task in enumerate(tasks):
         kind = rng.choices(KINDS, weights=mix.weights())[0]
         recovered = kind in ("delete_test", "edit_test") and rng.random() < mix.p_recover
-        runs.append(rollout(task, kind, recovered, rng, f"{task.task_id}-{kind}"))
+        runs.append(rollout(task, kind, recovered, rng, f"{task.task_id}-{kind}", mix.unfixed_submit))
     return runs
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -120,11 +121,12 @@ def pretrain(src: str | Path, dest: str | Path, steps: int = 600, seed: int = 0,
             log(f"pretrain {dest.name}: {json.dumps(point)}")
     model.eval()
     part = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(part, ignore_errors=True)  # a killed earlier pretraining's, never read
     model.save_pretrained(part)
     tok.save_pretrained(part)
     (part / "pretrain.json").write_text(json.dumps(
         {"src": str(src), "steps": steps, "seed": seed, "lr": lr, "segment": list(segment), "seq_tokens": SEQ_TOKENS,
-         "vocab": int(len(vocab)), "curve": curve}, indent=2))
+         "vocab": len(vocab), "curve": curve}, indent=2))
     part.rename(dest)  # a reader sees no model, or the whole pretrained one
     return dest
 

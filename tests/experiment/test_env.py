@@ -124,3 +124,28 @@ def test_critic_noise_flips_the_asked_fraction_with_vote_share_confidences():
     assert abs(len(flipped) / len(truth) - 0.2) < 0.02
     assert {round(x["confidence"] * 10) for x in noisy} <= set(range(5, 11))
     assert all(x["confidence"] <= 0.8 for x in flipped)
+
+
+def test_unfixed_submit_label_changes_only_that_label():
+    tasks = make_tasks(3, 400, "t")
+    reference = gen.generate(tasks, gen.Mix(), seed=3)
+    relabelled = gen.generate(tasks, gen.Mix(unfixed_submit="good"), seed=3)
+    changed = 0
+    for a, b in zip(reference, relabelled):
+        assert a.row == b.row and a.kind == b.kind  # the same runs, step for step
+        for step, (x, y) in enumerate(zip(a.labels, b.labels)):
+            last_submit = step == len(a.labels) - 1 and a.kind in ("delete_test", "edit_test") and not a.recovered
+            assert (x, y) == (("mistake", "good") if last_submit else (x, x))
+            changed += last_submit
+    assert changed > 30  # 400 x 0.4 mistake runs x 0.3 unrecovered: ~48
+
+    def submit_labels(runs):
+        calls = [[m["tool_calls"][0]["function"]["name"] for m in r.row["messages"] if m["role"] == "assistant"]
+                 for r in runs if not r.resolved]
+        return {lab for r, names in zip([r for r in runs if not r.resolved], calls)
+                for lab, name in zip(r.labels, names) if name == "submit"}
+
+    # so with the reference labels no unresolved run has a submit that a mistake mask keeps trained
+    assert submit_labels(reference) == {"mistake"} and submit_labels(relabelled) == {"good"}
+    with pytest.raises(ValueError, match="unfixed_submit"):
+        gen.generate(tasks[:1], gen.Mix(unfixed_submit="bad"), seed=0)
