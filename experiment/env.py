@@ -144,6 +144,15 @@ def make_tasks(seed: int, n: int, prefix: str) -> list[Task]:
     return [make_task(rng, f"{prefix}-{i:04d}") for i in range(n)]
 
 
+def _expected(test: str) -> int | None:
+    """The right side of a test file's one `==` assertion; None when an edit left it unreadable
+    (a student's `new_str` is any text: pytest would fail such a test with an error)."""
+    try:
+        return int(test.rsplit("== ", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
 def run_tests(task: Task, files: dict[str, str]) -> tuple[list[str], int]:
     """(failure lines, passed count) of the test files present in `files`."""
     failures, passed = [], 0
@@ -154,10 +163,12 @@ def run_tests(task: Task, files: dict[str, str]) -> tuple[list[str], int]:
         source = files.get(m.path, "")
         # evaluate the one-line function and the one assertion of the test file, no exec()
         op = source.split("return a ", 1)[1][:1] if "return a " in source else None
-        want = int(test.rsplit("== ", 1)[1]) if "== " in test else None
+        want = _expected(test)
         a, b = m.args
         got = apply_op(op, a, b) if op in OPERATORS else None
-        if got is not None and got == want:
+        if want is None:
+            failures.append(f"FAILED {m.test_path}::test_{m.function} - error: the test's assertion does not parse")
+        elif got is not None and got == want:
             passed += 1
         else:
             shown = "error" if got is None else str(got)

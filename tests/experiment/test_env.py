@@ -149,3 +149,18 @@ def test_unfixed_submit_label_changes_only_that_label():
     assert submit_labels(reference) == {"mistake"} and submit_labels(relabelled) == {"good"}
     with pytest.raises(ValueError, match="unfixed_submit"):
         gen.generate(tasks[:1], gen.Mix(unfixed_submit="bad"), seed=0)
+
+
+def test_an_unreadable_test_edit_fails_that_test_and_never_crashes():
+    # found in the loop: a sampled student replaced a test's expected value by "in"
+    task = make_tasks(0, 1, "t")[0]
+    bug, test = task.bug, task.bug.test_path
+    for broken in (" in", "", " == == x"):
+        env = Env(task)
+        want = str(bug.expected())
+        out = env.step("str_replace_editor", {"command": "str_replace", "path": test, "old_str": f"== {want}",
+                                              "new_str": f"=={broken}"})
+        assert "has been edited" in out
+        result = env.step("bash", {"command": "pytest"})
+        assert f"FAILED {test}::test_{bug.function} - error" in result
+        assert not env.fixed()  # the check reads the original tests, as always
