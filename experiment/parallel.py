@@ -9,7 +9,8 @@ table in about half the time of one process.
 
 How. Every unit is ``python -m experiment.run <keys> seeds=[s] recipes=[r] train_threads=1`` in a
 subprocess with its own Ray session directory (``SRFT_RAY_TMPDIR``). It writes its ``eval.json``
-exactly as a serial run does, and a serial run skips the units it finds done. No two processes
+exactly as a serial run does, and a serial run skips the units it finds done; so does a re-run of
+this one (it starts no process for them, and keeps their logs). No two processes
 ever create the same file:
 
 1. the student tokenizer is made here, first (every unit reads it);
@@ -46,10 +47,15 @@ def _unit_argv(argv: list[str], seed: int, recipe: str) -> list[str]:
             "train_threads=1"]
 
 
-def _run_all(units: list[tuple[int, str]], argv: list[str], procs: int, logs: Path) -> list[str]:
-    """Run the units `procs` at a time, each seed's `base` unit before its other units; the names
-    of those that failed or could not start."""
-    pending, running, done, failed = list(units), {}, set(), []
+def _run_all(units: list[tuple[int, str]], argv: list[str], procs: int, logs: Path,
+             finished: set[tuple[int, str]] = frozenset()) -> list[str]:
+    """Run the units `procs` at a time, each seed's `base` unit before its other units, skipping
+    the `finished` ones (a re-run keeps their logs); the names of those that failed or could not
+    start."""
+    done, failed = set(finished), []
+    pending, running = [u for u in units if u not in done], {}
+    for seed, recipe in done & set(units):
+        log(f"seed{seed}-{recipe} done already (log {logs / f'seed{seed}-{recipe}.log'})")
 
     def ready(unit: tuple[int, str]) -> bool:
         seed, recipe = unit
@@ -98,7 +104,8 @@ def main(argv: list[str]) -> None:
     student_tokenizer(out / "student_tokenizer", cfg.student.vocab_size)
     trained = [r for r in cfg.recipes if r != BASE]
     units = [(s, BASE) for s in cfg.seeds] + [(s, r) for r in trained for s in cfg.seeds]
-    failed = _run_all(units, rest, procs, logs)
+    finished = set() if cfg.force else {(s, r) for s, r in units if (out / f"seed{s}" / r / "eval.json").exists()}
+    failed = _run_all(units, rest, procs, logs, finished)
     log(f"units finished in {(time.time() - t0) / 60:.1f} min; failed: {failed or 'none'}")
     subprocess.run([sys.executable, "-m", "experiment.run", *rest], check=True)
     log(f"experiment.parallel: {(time.time() - t0) / 60:.1f} min in all")

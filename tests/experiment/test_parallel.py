@@ -32,3 +32,15 @@ def test_schedule_waits_per_seed_and_reports_what_could_not_start(tmp_path, monk
     # seed 0's training ran while seed 2's slow base still did: no process idled on it
     assert t[(0, "rft", "start")] < t[(2, "base", "end")]
     assert (tmp_path / "seed0-rft.log").exists() and not (tmp_path / "seed1-rft.log").exists()
+
+
+def test_a_rerun_skips_finished_units_and_keeps_their_logs(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(parallel, "_unit_argv",
+                        lambda argv, seed, recipe: started.append((seed, recipe)) or [sys.executable, "-c", "pass"])
+    monkeypatch.setattr(parallel, "POLL_S", 0.05)
+    (tmp_path / "seed0-rft.log").write_text("the first run's log")
+    units = [(0, "base"), (0, "rft"), (0, "srft_mix")]
+    assert parallel._run_all(units, [], 2, tmp_path, finished={(0, "base"), (0, "rft")}) == []
+    assert started == [(0, "srft_mix")]  # it still waited on nothing: its base is finished
+    assert (tmp_path / "seed0-rft.log").read_text() == "the first run's log"
