@@ -43,7 +43,7 @@ experiment: $(VENV_STAMP)
 # The paper's table as task success (docs/experiment.md, "Task success"): 3 seeds x the six rows,
 # 100 held-out tasks per (seed, recipe), greedy and 4 samples per task at T=1, no threshold sweep.
 # The student: 8 heads (4 KV), pretrained to copy (600 steps of experiment/pretrain.py's induction
-# corpus), then each recipe fine-tunes it at lr 1e-3 for 600k trained tokens (~780 one-row steps
+# corpus), then each recipe fine-tunes it at lr 1e-3 for 600k trained tokens (~790 one-row steps
 # for rft): candidate H2 of "What we tried". Two one-thread processes share the 2 cores
 # (experiment/parallel.py).
 experiment-success: $(VENV_STAMP)
