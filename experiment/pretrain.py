@@ -16,7 +16,7 @@ vocabulary, each sequence a random segment followed by its own repeat, loss on t
 A token is predictable only by finding its earlier occurrence and copying its successor, so the
 one thing learnt is copying. Nothing of the environment is in it: no chat template, no tool
 call, no file, test, function or operator, no order or frequency of the task's words (the
-module names are 16 of ~1,000 equally likely tokens). The untrained-on-the-task `base` row stays
+module names are 16 of 606 equally likely tokens). The untrained-on-the-task `base` row stays
 at 0 (it never produces a valid call), and the tests check that the corpus has no special token.
 
 Why a plain torch loop and not the train stage. This is the base model's own training, which
