@@ -60,6 +60,10 @@ class Mix:
     # unresolved run is a submit: with "mistake", srft_unresolved never trains one (docs/experiment.md)
     unfixed_submit: str = "mistake"
 
+    def __post_init__(self):
+        if self.unfixed_submit not in ("mistake", "good"):
+            raise ValueError(f"mix.unfixed_submit must be 'mistake' or 'good', not {self.unfixed_submit!r}")
+
     def weights(self) -> list[float]:
         return [self.expert, self.wander, self.delete_test, self.edit_test]
 
@@ -108,8 +112,6 @@ def submit():
 def script(task: Task, kind: str, recovered: bool, rng: random.Random,
            unfixed_submit: str = "mistake") -> list[tuple[dict, str]]:
     """The (action, reference label) list of one run."""
-    if unfixed_submit not in ("mistake", "good"):
-        raise ValueError(f"mix.unfixed_submit must be 'mistake' or 'good', not {unfixed_submit!r}")
     B, T = task.bug.path, task.bug.test_path
     others = [m.path for m in task.modules if m.path != B]
     head = [(ls(), "good"), (pytest(), "good")]

@@ -95,6 +95,9 @@ def pretrain(src: str | Path, dest: str | Path, steps: int = 600, seed: int = 0,
     rng = np.random.default_rng(seed)
     probe_rng = np.random.default_rng(10_000 + seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    # 5% warm-up, cosine to 10%: the shape of the train stage's schedule, written out rather than
+    # pipeline.train.loop.lr_lambda, whose warm-up and end step differ by one step from the one the
+    # measured students were pretrained with (bench/results/experiment-success/pretrain-seed*.json)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else 0.1 + 0.45 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
@@ -134,4 +137,4 @@ def pretrain(src: str | Path, dest: str | Path, steps: int = 600, seed: int = 0,
 if __name__ == "__main__":
     a = dict(kv.split("=", 1) for kv in sys.argv[3:])
     pretrain(sys.argv[1], sys.argv[2], steps=int(a.get("steps", 600)), seed=int(a.get("seed", 0)),
-             lr=float(a.get("lr", 3e-3)), segment=tuple(int(x) for x in a.get("segment", "8,64").split(",")))
+             lr=float(a.get("lr", 3e-3)), segment=tuple(int(x) for x in a.get("segment", "{},{}".format(*SEGMENT)).split(",")))

@@ -139,11 +139,10 @@ def test_unfixed_submit_label_changes_only_that_label():
             changed += last_submit
     assert changed > 30  # 400 x 0.4 mistake runs x 0.3 unrecovered: ~48
 
-    def submit_labels(runs):
-        calls = [[m["tool_calls"][0]["function"]["name"] for m in r.row["messages"] if m["role"] == "assistant"]
-                 for r in runs if not r.resolved]
-        return {lab for r, names in zip([r for r in runs if not r.resolved], calls)
-                for lab, name in zip(r.labels, names) if name == "submit"}
+    def submit_labels(runs):  # the labels of the submit steps of unresolved runs
+        return {lab for r in runs if not r.resolved
+                for lab, m in zip(r.labels, [m for m in r.row["messages"] if m["role"] == "assistant"])
+                if m["tool_calls"][0]["function"]["name"] == "submit"}
 
     # so with the reference labels no unresolved run has a submit that a mistake mask keeps trained
     assert submit_labels(reference) == {"mistake"} and submit_labels(relabelled) == {"good"}
