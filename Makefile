@@ -44,12 +44,14 @@ experiment: $(VENV_STAMP)
 # 100 held-out tasks per (seed, recipe), greedy and 4 samples per task at T=1, no threshold sweep.
 # The student: 8 heads (4 KV), pretrained to copy (600 steps of experiment/pretrain.py's induction
 # corpus), then each recipe fine-tunes it at lr 1e-3 for 600k trained tokens (~790 one-row steps
-# for rft): candidate H2 of "What we tried". Two one-thread processes share the 2 cores
-# (experiment/parallel.py).
+# for rft): candidate H2 of "What we tried". Hidden tests: 2/3 of the tasks have a weak visible
+# test and a hidden one, and 30% weight of their failed runs submit a wrong fix that passed pytest
+# (experiment/env.py, generate.py). Two one-thread processes share the 2 cores (experiment/parallel.py).
 experiment-success: $(VENV_STAMP)
 	$(PY) -m experiment.parallel procs=2 out=runs/experiment-success closed_loop_tasks=100 \
 		closed_loop_samples=4 sweep_thresholds=[] student.num_heads=8 student.num_kv_heads=4 \
-		pretrain_steps=600 lr=1e-3 trained_tokens=600000 $(EXPERIMENT_ARGS)
+		pretrain_steps=600 lr=1e-3 trained_tokens=600000 weak_tests=1.0 mix.wrong_fix=0.3 \
+		mix.wander=0.1 mix.delete_test=0.15 mix.edit_test=0.15 $(EXPERIMENT_ARGS)
 
 bench: $(VENV_STAMP)
 	$(PY) -m bench.run_all

@@ -12,6 +12,19 @@ Success is checked by the environment itself, the way SWE-bench does: the run mu
 submitted, and the task's *original* tests (not whatever is left in the working tree) must pass
 against the submitted source files. Deleting or editing a test therefore never helps.
 
+**Hidden tests** (`make_tasks(weak_tests=p)`). On SWE-bench a failed run usually submits a patch
+that passed the agent's own checks and fails the hidden tests. To have such runs, a share `p` of
+the tasks whose operators allow it get a *weak* visible test for the buggy function: inputs on
+which the right operator and the one wrong operator the code does not use give the same value,
+while the bug's operator does not (``scale(2, 2) == 4``: ``*`` and ``+`` pass, ``-`` fails;
+``offset(5, 0) == 5``: ``+`` and ``-`` pass, ``*`` fails). That task also has a hidden test, on the
+inputs the visible test would otherwise have had (all three operators apart). `pytest` runs only
+the visible tests; the check runs the visible and the hidden ones, so the *wrong fix* (the third
+operator) passes `pytest` and fails the check. Of the six (right, bug) operator pairs four allow
+a weak test: (+, -), (*, -) on (2, 2) and (+, *), (-, *) on (a, 0). With ``p = 0`` (the default)
+no extra random number is drawn, so the tasks are exactly those of the experiment before hidden
+tests.
+
 The agent cannot solve a task from memory: the module names, their order in ``ls``, which module
 holds the bug, the function's name and the wrong operator are all drawn per task, and only
 ``pytest`` (which test fails) and ``cat`` (which operator is there) reveal them. The right
@@ -63,7 +76,8 @@ class Module:
     name: str  # module file stem
     function: str
     op: str  # the operator the code uses (wrong for the buggy module)
-    args: tuple[int, int]  # the test's inputs
+    args: tuple[int, int]  # the visible test's inputs
+    hidden_args: tuple[int, int] | None = None  # the hidden test's inputs; only a weak-tested bug has one
 
     @property
     def path(self) -> str:
@@ -76,8 +90,15 @@ class Module:
     def source(self, op: str | None = None) -> str:
         return f"def {self.function}(a, b):\n    return a {op or self.op} b\n"
 
-    def expected(self) -> int:
-        return apply_op(FUNCTIONS[self.function], *self.args)
+    def expected(self, args: tuple[int, int] | None = None) -> int:
+        return apply_op(FUNCTIONS[self.function], *(args or self.args))
+
+    @property
+    def wrong_fix_op(self) -> str | None:
+        """The operator that passes the weak visible test and fails the hidden one (None: no weak test)."""
+        if self.hidden_args is None:
+            return None
+        return next(o for o in OPERATORS if o not in (self.op, FUNCTIONS[self.function]))
 
     def test_source(self) -> str:
         a, b = self.args
@@ -120,7 +141,12 @@ class Task:
         ]
 
 
-def make_task(rng: random.Random, task_id: str) -> Task:
+# (right operator, bug operator) -> the weak visible test's inputs (see the module docstring)
+WEAK_INPUTS = {("+", "-"): lambda rng: (2, 2), ("*", "-"): lambda rng: (2, 2),
+               ("+", "*"): lambda rng: (rng.randint(2, 9), 0), ("-", "*"): lambda rng: (rng.randint(2, 9), 0)}
+
+
+def make_task(rng: random.Random, task_id: str, weak_tests: float = 0.0) -> Task:
     n = rng.randint(3, 5)
     names = rng.sample(MODULES, n)
     functions = rng.sample(sorted(FUNCTIONS), n)
@@ -134,14 +160,17 @@ def make_task(rng: random.Random, task_id: str) -> Task:
             if len({apply_op(o, *args) for o in OPERATORS}) == 3:
                 break
         op = rng.choice([o for o in OPERATORS if o != right]) if i == buggy else right
-        modules.append(Module(name, fn, op, args))
+        hidden = None
+        if i == buggy and weak_tests > 0 and (right, op) in WEAK_INPUTS and rng.random() < weak_tests:
+            hidden, args = args, WEAK_INPUTS[(right, op)](rng)
+        modules.append(Module(name, fn, op, args, hidden))
     modules.sort(key=lambda m: m.name)  # `ls` order, so the bug's position in it varies
     return Task(task_id, tuple(modules), next(i for i, m in enumerate(modules) if m.name == names[buggy]))
 
 
-def make_tasks(seed: int, n: int, prefix: str) -> list[Task]:
+def make_tasks(seed: int, n: int, prefix: str, weak_tests: float = 0.0) -> list[Task]:
     rng = random.Random(seed)
-    return [make_task(rng, f"{prefix}-{i:04d}") for i in range(n)]
+    return [make_task(rng, f"{prefix}-{i:04d}", weak_tests) for i in range(n)]
 
 
 def _expected(test: str) -> int | None:
@@ -153,8 +182,9 @@ def _expected(test: str) -> int | None:
         return None
 
 
-def run_tests(task: Task, files: dict[str, str]) -> tuple[list[str], int]:
-    """(failure lines, passed count) of the test files present in `files`."""
+def run_tests(task: Task, files: dict[str, str], hidden: bool = False) -> tuple[list[str], int]:
+    """(failure lines, passed count) of the test files present in `files`, and with `hidden` the
+    hidden tests too (they are not files: the agent's `pytest` never runs them)."""
     failures, passed = [], 0
     for m in task.modules:
         test = files.get(m.test_path)
@@ -173,6 +203,12 @@ def run_tests(task: Task, files: dict[str, str]) -> tuple[list[str], int]:
         else:
             shown = "error" if got is None else str(got)
             failures.append(f"FAILED {m.test_path}::test_{m.function} - assert {m.function}({a}, {b}) == {want} (got {shown})")
+        if hidden and m.hidden_args is not None:
+            got, want = (apply_op(op, *m.hidden_args) if op in OPERATORS else None), m.expected(m.hidden_args)
+            if got == want:
+                passed += 1
+            else:
+                failures.append(f"FAILED hidden::test_{m.function} - assert {m.function}{m.hidden_args} == {want}")
     return failures, passed
 
 
@@ -250,14 +286,15 @@ class Env:
             return f"The file {path} has been edited."
         return f"Error: unknown command {command!r}."
 
-    def fixed(self) -> bool:
-        """The task's original tests pass on the current sources (whatever happened to the tests)."""
+    def fixed(self, hidden: bool = True) -> bool:
+        """The task's original tests, and its hidden ones unless `hidden` is False, pass on the
+        current sources (whatever happened to the test files)."""
         sources = {m.path: self.files.get(m.path, "") for m in self.task.modules}
-        failures, _ = run_tests(self.task, {**self.task.files(), **sources})
+        failures, _ = run_tests(self.task, {**self.task.files(), **sources}, hidden=hidden)
         return not failures
 
     def resolved(self) -> bool:
-        """SWE-bench's check: submitted, and the original tests pass on the submitted sources."""
+        """SWE-bench's check: submitted, and the original and hidden tests pass on the submitted sources."""
         return self.submitted and self.fixed()
 
 

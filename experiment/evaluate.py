@@ -279,6 +279,9 @@ class Episode:
     # injected mistake kind -> the test files it hit (rm of a test file; an edit of a test file)
     committed: dict = field(default_factory=lambda: {"rm_test": set(), "edit_test": set()})
     submitted_unfixed: bool = False
+    # a submit whose sources pass the visible tests and fail the hidden one: the wrong fix of a
+    # weak-tested task (env's module docstring), SWE-bench's usual failure; a subset of submitted_unfixed
+    submitted_wrong_fix: bool = False
 
     def record(self, action: dict | None, observation: str | None) -> None:
         expert = expert_path(self.task)
@@ -300,6 +303,7 @@ class Episode:
                 self.committed["edit_test"].add(path)
         elif action["name"] == "submit" and not self.env.fixed():
             self.submitted_unfixed = True
+            self.submitted_wrong_fix = self.env.fixed(hidden=False)
 
     def recovered(self, kind: str) -> bool:
         """Every test file the mistake hit is back as it was, by the end of the run."""
@@ -314,7 +318,8 @@ def closed_loop(student, tasks: list[Task], temperature: float = 0.0, samples: i
     runs call ``act(contexts, temperature)`` `samples` times per task, from torch seed `seed`.
 
     Besides success: how often each of the training runs' mistakes was committed in the loop (`rm`
-    of a test file, an edit of a test file, a submit of an unfixed repository), how often a
+    of a test file, an edit of a test file, a submit of an unfixed repository, and of those the
+    submits of a wrong fix that passed the visible tests), how often a
     committed `rm`/edit was recovered (the test file is back as it was at the end), and the
     expert move at which runs first left the expert path."""
     if temperature > 0:
@@ -348,6 +353,7 @@ def closed_loop(student, tasks: list[Task], temperature: float = 0.0, samples: i
         hit = [e for e in episodes if e.committed[kind]]
         mistakes[kind] = {"committed": len(hit), "recovered": sum(e.recovered(kind) for e in hit)}
     mistakes["submit_unfixed"] = {"committed": sum(e.submitted_unfixed for e in episodes), "recovered": 0}
+    mistakes["submit_wrong_fix"] = {"committed": sum(e.submitted_wrong_fix for e in episodes), "recovered": 0}
     left = {move: 0 for move in EXPERT_MOVES}
     for e in episodes:
         if e.on_expert_path < len(EXPERT_MOVES):

@@ -16,7 +16,16 @@ delete_test    ls, pytest, rm T (mistake), then                                 
 edit_test      ls, pytest, cat B, edit T to expect the buggy value (mistake), then     no
                recovered: undo_edit T (recover), edit B, pytest                        (budget)
                else:      pytest, submit (mistake)                                     (check)
+wrong_fix      ls, pytest, cat B, edit B to the wrong operator (mistake), pytest       no
+               (passes: the visible test is weak), submit (good)                       (hidden test)
 =============  ======================================================================  ==========
+
+``wrong_fix`` is SWE-bench's usual failure: a patch that passes the agent's own checks and fails
+the hidden tests (env's module docstring). It can only happen on a task with a weak visible test,
+so its weight applies to those tasks alone (0 by default: the pool of the token-level
+experiment). Its submit is labelled ``good``: after a ``pytest`` that passed, submitting is what
+the agent should do; the edit is what went wrong. These are the only failed runs that submit
+after a passing ``pytest``, so they are where ``srft_unresolved`` learns to submit at all.
 
 (B: the buggy module, T: its test file, O: other modules.) The failure kinds share the expert's
 prefix up to their decision point, so each injected mistake has a well-defined training
@@ -39,7 +48,7 @@ from dataclasses import dataclass
 
 from experiment.env import TOOLS, Env, Task, apply_op, call
 
-KINDS = ("expert", "wander", "delete_test", "edit_test")
+KINDS = ("expert", "wander", "delete_test", "edit_test", "wrong_fix")
 CRITIC = "reference"
 PROMPT_VERSION = "experiment-v1"
 
@@ -53,6 +62,7 @@ class Mix:
     wander: float = 0.2
     delete_test: float = 0.2
     edit_test: float = 0.2
+    wrong_fix: float = 0.0  # weight on the tasks with a weak visible test only (see the docstring)
     p_recover: float = 0.7
     # "mistake": the submit of an unfixed repository is a mistake of its own (the reference
     # labelling). "good": only the step that broke the repository is; the submit, after a pytest
@@ -64,8 +74,11 @@ class Mix:
         if self.unfixed_submit not in ("mistake", "good"):
             raise ValueError(f"mix.unfixed_submit must be 'mistake' or 'good', not {self.unfixed_submit!r}")
 
-    def weights(self) -> list[float]:
-        return [self.expert, self.wander, self.delete_test, self.edit_test]
+    def weights(self, task: Task | None = None) -> list[float]:
+        """The kinds' weights for `task`: no wrong fix passes the visible test of a task without a weak one."""
+        wrong_fix = self.wrong_fix if task is None or task.bug.wrong_fix_op else 0.0
+        # a zero last weight leaves random.choices' draw as it was with four kinds
+        return [self.expert, self.wander, self.delete_test, self.edit_test, wrong_fix]
 
 
 # -- the actions ---------------------------------------------------------------------------------
@@ -92,6 +105,12 @@ def checkout(path: str):
 def fix(task: Task):
     return call("str_replace_editor", command="str_replace", path=task.bug.path,
                 old_str=task.buggy_line, new_str=task.fixed_line)
+
+
+def wrong_fix(task: Task):
+    """The mistake of a weak-tested task: the operator that passes the visible test, not the right one."""
+    return call("str_replace_editor", command="str_replace", path=task.bug.path,
+                old_str=task.buggy_line, new_str=f"return a {task.bug.wrong_fix_op} b")
 
 
 def edit_test(task: Task):
@@ -131,6 +150,8 @@ def script(task: Task, kind: str, recovered: bool, rng: random.Random,
         if recovered:
             return steps + [(undo(T), "recover"), (fix(task), "good"), (pytest(), "good")]
         return steps + [(pytest(), "good"), (submit(), unfixed_submit)]
+    if kind == "wrong_fix":
+        return head + [(cat(B), "good"), (wrong_fix(task), "mistake"), (pytest(), "good"), (submit(), "good")]
     raise ValueError(f"unknown run kind {kind!r}")
 
 
@@ -191,7 +212,7 @@ def generate(tasks: list[Task], mix: Mix, seed: int) -> list[Run]:
     rng = random.Random(seed)
     runs = []
     for i, task in enumerate(tasks):
-        kind = rng.choices(KINDS, weights=mix.weights())[0]
+        kind = rng.choices(KINDS, weights=mix.weights(task))[0]
         recovered = kind in ("delete_test", "edit_test") and rng.random() < mix.p_recover
         runs.append(rollout(task, kind, recovered, rng, f"{task.task_id}-{kind}", mix.unfixed_submit))
     return runs

@@ -64,9 +64,11 @@ def pooled(results: list[dict], recipe: str, key: str) -> dict | None:
     k, n = sum(r["successes"] for r in rs), sum(r["n"] for r in rs)
     out = {"successes": k, "n": n, "success": k / n, "ci95": wilson_interval(k, n), "seeds": len(rs),
            "per_seed": [r["success"] for r in rs]}
-    for kind in ("rm_test", "edit_test", "submit_unfixed"):
-        out[kind] = sum(r["mistakes"][kind]["committed"] for r in rs)
-        out[f"{kind}_recovered"] = sum(r["mistakes"][kind]["recovered"] for r in rs)
+    for kind in ("rm_test", "edit_test", "submit_unfixed", "submit_wrong_fix"):
+        # results from before hidden tests have no submit_wrong_fix: none could happen there
+        counts = [r["mistakes"].get(kind, {"committed": 0, "recovered": 0}) for r in rs]
+        out[kind] = sum(c["committed"] for c in counts)
+        out[f"{kind}_recovered"] = sum(c["recovered"] for c in counts)
     return out
 
 
@@ -75,7 +77,7 @@ def success_table(results: list[dict], recipes: list[str]) -> str:
     interval, greedy and sampled; how often each injected mistake was committed in the loop, and
     how often a committed rm / test edit was recovered (the test file back as it was)."""
     lines = [("| recipe | paper (SWE-bench V.) | greedy success [95% CI] | per seed | sampled success [95% CI] "
-              "| rm test committed (recovered) | test edit committed (recovered) | unfixed submit |"),
+              "| rm test committed (recovered) | test edit committed (recovered) | unfixed submit (of which a wrong fix) |"),
              "|---|---|---|---|---|---|---|---|"]
     for recipe in recipes:
         g, t = pooled(results, recipe, "closed_loop"), pooled(results, recipe, "closed_loop_sampled")
@@ -90,7 +92,7 @@ def success_table(results: list[dict], recipes: list[str]) -> str:
             parts = [f"{p[kind]}/{p['n']} ({p[kind + '_recovered']})" for p in pair if p is not None]
             return " · ".join(parts)
 
-        unfixed = " · ".join(f"{p['submit_unfixed']}/{p['n']}" for p in (g, t) if p is not None)
+        unfixed = " · ".join(f"{p['submit_unfixed']}/{p['n']} ({p['submit_wrong_fix']})" for p in (g, t) if p is not None)
         lines.append(f"| {recipe} | {PAPER.get(recipe, '-')} | {cell(g)} | "
                      f"{', '.join(f'{v:.2f}' for v in g['per_seed'])} | {cell(t)} | {mistakes('rm_test')} "
                      f"| {mistakes('edit_test')} | {unfixed} |")

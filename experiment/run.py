@@ -85,6 +85,11 @@ class ExperimentConfig:
     # (docs/experiment.md, "What we tried", H); `make experiment-success` runs 600 at lr 1e-3.
     pretrain_steps: int = 0
     mix: dict = field(default_factory=lambda: asdict(gen.Mix()))
+    # share of the tasks (training, probe and closed-loop alike) whose operators allow a weak
+    # visible test that gets one, with a hidden test in the check (env's module docstring); the
+    # failed runs that submit a wrong fix (`mix.wrong_fix`) need them. 0: no hidden test, the
+    # tasks of the token-level `make experiment`
+    weak_tests: float = 0.0
     # threshold sweep under critic noise (seed sweep_seed, recipe sweep_recipe)
     sweep_thresholds: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.0])
     sweep_noise: float = 0.2
@@ -98,7 +103,7 @@ def log(msg: str) -> None:
 
 
 def training_pool(cfg: ExperimentConfig, seed: int) -> list[gen.Run]:
-    return gen.generate(make_tasks(1000 + seed, cfg.train_runs, f"train{seed}"), gen.Mix(**cfg.mix), seed)
+    return gen.generate(make_tasks(1000 + seed, cfg.train_runs, f"train{seed}", cfg.weak_tests), gen.Mix(**cfg.mix), seed)
 
 
 def pool_rows(runs: list[gen.Run], tool_schemas: bool) -> list[dict]:
@@ -149,7 +154,7 @@ def train_and_eval(cfg: ExperimentConfig, seed: int, name: str, recipe: str, lab
     trained = stages.train(root / "train_rows", student, root / "train", steps, cfg.lr, seed, cfg.seq_len, cfg.workers,
                            cfg.micro_batch_size, cfg.train_threads)
     t2 = time.time()
-    tasks = make_tasks(5000 + seed, cfg.eval_tasks, f"eval{seed}")
+    tasks = make_tasks(5000 + seed, cfg.eval_tasks, f"eval{seed}", cfg.weak_tests)
     s = ev.Student.load(trained["export"], train_rows=str(root / "train_rows"))
     audit = audit_rows(root / "train_rows", s.tokenizer)
     result = {
@@ -174,7 +179,7 @@ def train_and_eval(cfg: ExperimentConfig, seed: int, name: str, recipe: str, lab
 
 def closed_loops(cfg: ExperimentConfig, seed: int, student: ev.Student) -> dict:
     """Greedy and (with closed_loop_samples) sampled closed-loop runs on the seed's held-out tasks."""
-    tasks = make_tasks(7000 + seed, cfg.closed_loop_tasks, f"loop{seed}")
+    tasks = make_tasks(7000 + seed, cfg.closed_loop_tasks, f"loop{seed}", cfg.weak_tests)
     out = {"closed_loop": ev.closed_loop(student, tasks)}
     if cfg.closed_loop_samples:
         out["closed_loop_sampled"] = ev.closed_loop(student, tasks, temperature=cfg.closed_loop_temperature,
@@ -198,7 +203,7 @@ def evaluate_base(cfg: ExperimentConfig, seed: int, student_dir: Path) -> dict:
                    AutoTokenizer.from_pretrained(student_dir), TOOLS if cfg.tool_schemas else None)
     result = {"seed": seed, "name": BASE, "recipe": BASE, "threshold": None, "train_rows": 0, "steps": 0,
               "trained_tokens": 0, "build_trained_tokens": 0, "build_masked_tokens": 0,
-              "decision_points": ev.decision_points(s, make_tasks(5000 + seed, cfg.eval_tasks, f"eval{seed}")),
+              "decision_points": ev.decision_points(s, make_tasks(5000 + seed, cfg.eval_tasks, f"eval{seed}", cfg.weak_tests)),
               **closed_loops(cfg, seed, s)}
     result["seconds"] = {"build": 0.0, "train": 0.0, "eval": round(time.time() - t0, 1)}
     done.parent.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,7 @@ def test_a_student_on_the_expert_path_always_succeeds():
     assert r["n"] == 40 and r["success"] == r["fixed"] == r["submitted"] == 1.0 and r["invalid_actions"] == 0
     lo, hi = r["success_ci95"]
     assert 0.9 < lo < 1.0 and hi == pytest.approx(1.0)  # 40 of 40: the interval still admits failures
-    assert r["mistakes"] == {k: {"committed": 0, "recovered": 0} for k in ("rm_test", "edit_test", "submit_unfixed")}
+    assert r["mistakes"] == {k: {"committed": 0, "recovered": 0} for k in ("rm_test", "edit_test", "submit_unfixed", "submit_wrong_fix")}
     assert sum(r["left_expert_path_at"].values()) == 0  # every run followed the expert path to its submit
 
 

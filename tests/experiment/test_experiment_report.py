@@ -69,6 +69,6 @@ def test_report_table_and_plots(tmp_path):
     assert "| 0.90 | 20,000 |" in md
     # the paper's table: successes pooled over the 3 seeds with the Wilson interval of 150/300 and 300/1200
     assert "| rft | 30.9% | 150/300 = 0.500 [0.444, 0.556] | 0.50, 0.50, 0.50 | 300/1200 = 0.250 [0.226, 0.275] |" in md
-    assert "| 12/300 (3) · 12/1200 (3) | 6/300 (6) · 6/1200 (6) | 9/300 · 9/1200 |" in md
+    assert "| 12/300 (3) · 12/1200 (3) | 6/300 (6) · 6/1200 (6) | 9/300 (0) · 9/1200 (0) |" in md
     assert (tmp_path / "success.png").stat().st_size > 0
     assert (tmp_path / "recipes.png").stat().st_size > 0 and (tmp_path / "threshold.png").stat().st_size > 0
