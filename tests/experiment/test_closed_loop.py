@@ -110,3 +110,29 @@ def test_wilson_interval_holds_the_rate_exactly():
             lo, hi = ev.wilson_interval(k, n)
             assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)
     assert ev.wilson_interval(0, 300)[0] == 0.0
+
+
+class WrongFixStudent(ScriptedStudent):
+    """The expert's moves, with the third operator (neither the code's nor the right one) as the fix:
+    on a weak-tested task, the one that passes the visible test."""
+
+    def __init__(self):
+        super().__init__("expert")
+
+    def policy_step(self, obs):
+        action = super().policy_step(obs)
+        if len(obs) == 3:
+            function, op = SOURCE.search(obs[2]).groups()
+            wrong = next(o for o in "+-*" if o not in (op, FUNCTIONS[function]))
+            action["arguments"]["new_str"] = f"return a {wrong} b"
+        return action
+
+
+def test_a_student_that_submits_a_wrong_fix_passes_pytest_and_never_succeeds():
+    tasks = [t for t in make_tasks(7000, 120, "loop", weak_tests=1.0) if t.bug.wrong_fix_op][:40]
+    r = ev.closed_loop(WrongFixStudent(), tasks)
+    assert r["n"] == 40 and r["submitted"] == 1.0 and r["success"] == 0.0 and r["fixed"] == 0.0
+    assert r["mistakes"]["submit_wrong_fix"]["committed"] == r["mistakes"]["submit_unfixed"]["committed"] == 40
+    assert r["left_expert_path_at"]["fix"] == 40
+    # the expert on the same weak tasks: the hidden test passes with the right operator
+    assert ev.closed_loop(ScriptedStudent("expert"), tasks)["success"] == 1.0

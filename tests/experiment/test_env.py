@@ -163,3 +163,54 @@ def test_an_unreadable_test_edit_fails_that_test_and_never_crashes():
         result = env.step("bash", {"command": "pytest"})
         assert f"FAILED {test}::test_{bug.function} - error" in result
         assert not env.fixed()  # the check reads the original tests, as always
+
+
+# -- hidden tests: a wrong fix that passes pytest and fails the check ----------------------------
+WEAK = make_tasks(11, 600, "w", weak_tests=1.0)
+
+
+def test_without_weak_tests_no_task_has_a_hidden_test_and_the_tasks_are_unchanged():
+    assert make_tasks(11, 600, "w", weak_tests=0.0) == make_tasks(11, 600, "w")
+    assert all(m.hidden_args is None for t in make_tasks(11, 600, "w") for m in t.modules)
+
+
+def test_weak_tasks_have_one_weak_test_on_the_bug_and_a_share_of_two_thirds():
+    weak = [t for t in WEAK if t.bug.wrong_fix_op]
+    # four of the six (right, bug) operator pairs allow a weak test, each pair equally likely
+    assert abs(len(weak) / len(WEAK) - 2 / 3) < 0.06
+    assert all(m.hidden_args is None for t in WEAK for m in t.modules if m is not t.bug)
+    assert {(FUNCTIONS[t.bug.function], t.bug.op) for t in weak} == {("+", "-"), ("*", "-"), ("+", "*"), ("-", "*")}
+    half = make_tasks(11, 600, "w", weak_tests=0.5)
+    assert 0.25 < sum(t.bug.wrong_fix_op is not None for t in half) / len(half) < 0.42
+
+
+@pytest.mark.parametrize("edit", ["right", "wrong_fix", "bug"])
+def test_a_wrong_fix_passes_pytest_and_fails_the_hidden_test(edit):
+    for task in [t for t in WEAK if t.bug.wrong_fix_op][:60]:
+        B = task.bug
+        op = {"right": FUNCTIONS[B.function], "wrong_fix": B.wrong_fix_op, "bug": B.op}[edit]
+        actions = [gen.call("str_replace_editor", command="str_replace", path=B.path, old_str=task.buggy_line,
+                            new_str=f"return a {op} b"), gen.pytest(), gen.submit()] if edit != "bug" else [
+            gen.pytest(), gen.submit()]
+        env, obs = _play(task, actions)
+        pytest_out = obs[-2]
+        assert ("failed" in pytest_out) == (edit == "bug")  # the visible test catches the bug, not the wrong fix
+        assert "hidden" not in pytest_out  # the agent's pytest never runs the hidden test
+        assert env.fixed(hidden=False) == (edit != "bug")
+        assert env.resolved() == (edit == "right")
+
+
+def test_wrong_fix_runs_submit_after_a_passing_pytest_on_weak_tasks_only():
+    mix = gen.Mix(expert=0.4, wander=0.1, delete_test=0.15, edit_test=0.15, wrong_fix=0.3)
+    runs = gen.generate(WEAK, mix, seed=2)
+    wrong = [r for r in runs if r.kind == "wrong_fix"]
+    assert len(wrong) > 100 and all(r.row["instance_id"] in {t.task_id for t in WEAK if t.bug.wrong_fix_op}
+                                    for r in wrong)
+    for r in wrong:
+        assert r.labels == ["good", "good", "good", "mistake", "good", "good"]
+        tool_out = [m["content"] for m in r.row["messages"] if m["role"] == "tool"]
+        assert "failed" not in tool_out[4] and tool_out[5] == "Submitted."
+        assert not r.resolved and not r.fixed and r.row["resolved"] is False
+    assert all(r.resolved == (r.kind == "expert") for r in runs)
+    # the default mix never draws the kind, so the token-level pool is what it was
+    assert "wrong_fix" not in {r.kind for r in gen.generate(WEAK, gen.Mix(), seed=2)}
