@@ -34,10 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from experiment.run import BASE, ExperimentConfig, log
+from experiment.run import BASE, ExperimentConfig, load, log
 from experiment.student import student_tokenizer
+from pipeline.errors import UserError
 
 POLL_S = 5  # how often the running units are checked
 
@@ -92,11 +91,13 @@ def main(argv: list[str]) -> None:
     rest = []
     for a in argv:
         if a.startswith("procs="):
-            procs = int(a.split("=", 1)[1])
+            value = a.split("=", 1)[1]
+            if not value.isdigit() or int(value) < 1:
+                raise UserError(f"procs={value}: the number of experiment processes at once, 1 or more")
+            procs = int(value)
         else:
             rest.append(a)
-    cfg: ExperimentConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExperimentConfig),
-                                                                OmegaConf.from_dotlist(rest)))
+    cfg: ExperimentConfig = load(rest)
     out = Path(cfg.out)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -112,4 +113,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from pipeline import cli
+
+    cli.main(main, sys.argv[1:])

@@ -32,6 +32,8 @@ from experiment import stages
 from experiment.env import TOOLS, make_tasks
 from experiment.pretrain import pretrain
 from experiment.student import student_tokenizer
+from pipeline.config import load_config
+from pipeline.errors import UserError
 
 # The paper's table: `base` is the shared initialisation (the pretrained student, not trained on
 # any agent run) evaluated only,
@@ -96,6 +98,22 @@ class ExperimentConfig:
     sweep_recipe: str = "srft_unresolved"
     sweep_seed: int = 0
     force: bool = False
+
+    def validate(self) -> None:
+        """The checks that OmegaConf's types do not make (each raises UserError, named by its key)."""
+        from pipeline.build.config import RECIPES as BUILD_RECIPES
+
+        unknown = [r for r in self.recipes if r != BASE and r not in BUILD_RECIPES]
+        if unknown:
+            raise UserError(f"recipes: unknown recipe(s) {unknown}; use {BASE} or one of {sorted(BUILD_RECIPES)}")
+        if not 0.0 <= self.weak_tests <= 1.0:
+            raise UserError(f"weak_tests={self.weak_tests}: a share of the tasks, between 0 and 1")
+        try:
+            gen.Mix(**self.mix)
+        except TypeError as e:
+            raise UserError(f"mix: {e}; its keys are {sorted(asdict(gen.Mix()))}") from None
+        except ValueError as e:
+            raise UserError(str(e)) from None
 
 
 def log(msg: str) -> None:
@@ -315,11 +333,17 @@ def run(cfg: ExperimentConfig) -> list[dict]:
     return results
 
 
+def load(argv: list[str]) -> ExperimentConfig:
+    """The experiment's config from its defaults and `argv` (key=value), checked: a typo or a bad
+    value is a UserError that names the key (pipeline.config.load_config, as for every stage)."""
+    return load_config(ExperimentConfig, "experiment", argv)
+
+
 def main(argv: list[str]) -> list[dict]:
-    base = OmegaConf.structured(ExperimentConfig)
-    cfg = OmegaConf.to_object(OmegaConf.merge(base, OmegaConf.from_dotlist(argv)))
-    return run(cfg)
+    return run(load(argv))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from pipeline import cli
+
+    cli.main(main, sys.argv[1:])
