@@ -180,6 +180,7 @@ class Run:
     recovered: bool
     resolved: bool
     fixed: bool  # the original tests pass on the sources at the end (whether or not submitted)
+    weak_test: bool = False  # the task's visible test is weak: a wrong fix passes it (env docstring)
 
 
 def rollout(task: Task, kind: str, recovered: bool, rng: random.Random, traj_id: str,
@@ -204,7 +205,7 @@ def rollout(task: Task, kind: str, recovered: bool, rng: random.Random, traj_id:
         "model": f"scripted-{kind}",
         "patch": None,
     }
-    return Run(row, labels, kind, recovered, resolved, env.fixed())
+    return Run(row, labels, kind, recovered, resolved, env.fixed(), task.bug.wrong_fix_op is not None)
 
 
 def generate(tasks: list[Task], mix: Mix, seed: int) -> list[Run]:

@@ -13,6 +13,8 @@ COLUMNS = [
     ("P(rm test)", lambda r: r["decision_points"]["mistake_delete"]["p_branch"]),
     ("edit-test trained freq", lambda r: r["train_mistake_freq"]["mistake_edit"]),
     ("P(edit test)", lambda r: r["decision_points"]["mistake_edit"]["p_branch"]),
+    # on the tasks with a weak visible test (0 where there are none)
+    ("wrong-fix trained freq", lambda r: r["train_mistake_freq"].get("mistake_wrong_fix", 0.0)),
     ("mistake preference", lambda r: np.mean([r["decision_points"][k].get("preference", np.nan)
                                               for k in ("mistake_delete", "mistake_edit")])),
     ("greedy mistake", lambda r: np.mean([r["decision_points"][k]["greedy_mistake"]

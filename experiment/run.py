@@ -132,18 +132,19 @@ def pool_rows(runs: list[gen.Run], tool_schemas: bool) -> list[dict]:
 def mistake_frequencies(runs: list[gen.Run], labels: list[dict], recipe: str, threshold: float) -> dict:
     """How often the training data of `recipe` *trains* each injected mistake at its decision point:
     among the runs the recipe uses whose steps so far follow the expert path to that point, the
-    fraction whose next step is the mistake and is not masked."""
+    fraction whose next step is the mistake and is not masked. The wrong fix is counted among the
+    runs on tasks with a weak visible test, the only ones where it can happen."""
     masked = {(r["traj_id"], r["step"]) for r in labels
               if r["label"] == "mistake" and r["confidence"] >= threshold}  # float64 here, as documented
     use = {BASE: lambda r: False, "rft": lambda r: r.resolved, "unresolved_nomask": lambda r: not r.resolved,
            "srft_unresolved": lambda r: not r.resolved, "mix_nomask": lambda r: True,
            "srft_mix": lambda r: True}[recipe]
-    point = {"mistake_delete": (2, "delete_test"), "mistake_edit": (3, "edit_test")}
+    point = {"mistake_delete": (2, "delete_test"), "mistake_edit": (3, "edit_test"), "mistake_wrong_fix": (3, "wrong_fix")}
     out = {}
     for name, (step, kind) in point.items():
         at_point = trained_mistake = 0
         for run in runs:
-            if not use(run) or len(run.labels) <= step:
+            if not use(run) or len(run.labels) <= step or (kind == "wrong_fix" and not run.weak_test):
                 continue
             if run.kind == "delete_test" and step > 2:
                 continue  # left the expert path at step 2

@@ -22,11 +22,25 @@ def runs():
 def test_trained_mistake_frequency_per_recipe(runs):
     labels = gen.label_rows(runs)
     freq = {r: experiment.mistake_frequencies(runs, labels, r, 0.5) for r in experiment.RECIPES}
-    assert freq["rft"] == {"mistake_delete": 0.0, "mistake_edit": 0.0}
-    assert freq["srft_unresolved"] == freq["srft_mix"] == {"mistake_delete": 0.0, "mistake_edit": 0.0}
+    none = {"mistake_delete": 0.0, "mistake_edit": 0.0, "mistake_wrong_fix": 0.0}
+    assert freq["rft"] == none
+    assert freq["srft_unresolved"] == freq["srft_mix"] == none
+    assert freq["unresolved_nomask"]["mistake_wrong_fix"] == 0.0  # the default pool has no wrong fix
     # by design 1/3 (rm after the failing pytest) and 1/2 (edit the test after cat) of unresolved runs
     assert abs(freq["unresolved_nomask"]["mistake_delete"] - 1 / 3) < 0.05
     assert abs(freq["unresolved_nomask"]["mistake_edit"] - 1 / 2) < 0.05
+
+
+def test_wrong_fix_trained_frequency_on_weak_tasks():
+    tasks = make_tasks(0, 1500, "t", weak_tests=1.0)
+    runs = gen.generate(tasks, gen.Mix(expert=0.4, wander=0.1, delete_test=0.15, edit_test=0.15, wrong_fix=0.3), 0)
+    labels = gen.label_rows(runs)
+    freq = {r: experiment.mistake_frequencies(runs, labels, r, 0.5)["mistake_wrong_fix"] for r in experiment.RECIPES}
+    assert freq["rft"] == freq["srft_unresolved"] == freq["srft_mix"] == 0.0
+    # after `cat B` on a weak task the unresolved runs go on with wander 0.1, edit_test 0.15 or
+    # wrong_fix 0.3 (delete_test left the path before), so 0.3 / 0.55 of them train the wrong fix
+    assert abs(freq["unresolved_nomask"] - 0.3 / 0.55) < 0.06
+    assert 0.1 < freq["mix_nomask"] < freq["unresolved_nomask"]
 
 
 def test_noisy_labels_leak_mistakes_as_the_threshold_rises(runs):
