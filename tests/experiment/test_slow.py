@@ -49,9 +49,10 @@ def test_masking_mistakes_removes_them_and_keeps_recoveries(tmp_path, ray_sessio
         assert p_srft > 0.1 and p_srft > 10 * p_rft, (probe, p_srft, p_rft)
 
 
-# The acting student of #19 with the settings of `make experiment-success` (docs/experiment.md,
-# "Task success"): 8 heads (4 KV), pretrained to copy (600 steps), fine-tuned at lr 1e-3 for 600k
-# trained tokens (~790 steps for rft), no tool schemas; seed 2, greedy only.
+# The acting student of #19 with the settings of the first pretrained `make experiment-success`
+# (docs/experiment.md, "Task success", without hidden tests): 8 heads (4 KV), pretrained to copy
+# (600 steps), fine-tuned at lr 1e-3 for 600k trained tokens (~790 steps for rft), no tool
+# schemas; seed 2, greedy only.
 ACTING = [
     "seeds=[2]",
     "recipes=[base,rft]",
@@ -111,3 +112,33 @@ def test_srft_mix_beats_the_naive_mix_and_never_deletes_the_test(tmp_path, ray_s
     assert srft["closed_loop_sampled"]["n"] == naive["closed_loop_sampled"]["n"] == 400
     assert srft["closed_loop_sampled"]["mistakes"]["rm_test"]["committed"] == 0
     assert naive["closed_loop_sampled"]["mistakes"]["rm_test"]["committed"] >= 10
+
+
+# `make experiment-success` with hidden tests (docs/experiment.md, "Task success"): the same
+# student and length, 2/3 of the tasks weak-tested, and failed runs that submit a wrong fix.
+HIDDEN = [*(a for a in ACTING if not a.startswith(("seeds=", "recipes="))), "weak_tests=1.0", "mix.wrong_fix=0.3",
+          "mix.wander=0.1", "mix.delete_test=0.15", "mix.edit_test=0.15"]
+
+
+@pytest.mark.slow
+def test_srft_unresolved_resolves_tasks_once_failed_runs_submit_wrong_fixes(tmp_path, ray_session):
+    """The paper's SRFT unresolved > unresolved no mask, as task success, on seed 1 of the measured
+    run with hidden tests: trained on failed runs only, the masked student fixes and submits, the
+    unmasked one does not, and deletes the test in the sampled loop. ~15 min on an idle 2-core
+    machine. Measured (make experiment-success, 2026-12-07): srft_unresolved 23/100 greedy,
+    unresolved_nomask 0/100; pooled 61/300 against 32/300 (seed 2: 27 against 26)."""
+    from experiment.evaluate import wilson_interval
+
+    results = {r["name"]: r for r in experiment.main([f"out={tmp_path / 'exp'}", "seeds=[1]",
+                                                      "recipes=[unresolved_nomask,srft_unresolved]",
+                                                      "closed_loop_samples=4", *HIDDEN])}
+    nomask, srft = results["unresolved_nomask"], results["srft_unresolved"]
+    # the masks: the wrong fix is trained by the unmasked recipe only
+    assert nomask["train_mistake_freq"]["mistake_wrong_fix"] > 0.3
+    assert srft["train_mistake_freq"]["mistake_wrong_fix"] == 0.0
+    k_srft, k_nomask = srft["closed_loop"]["successes"], nomask["closed_loop"]["successes"]
+    assert k_srft >= 10, srft["closed_loop"]
+    assert wilson_interval(k_srft, 100)[0] > wilson_interval(k_nomask, 100)[1]
+    # sampled at T=1: rm test committed 0/400 masked, 21/400 unmasked (measured)
+    assert srft["closed_loop_sampled"]["mistakes"]["rm_test"]["committed"] == 0
+    assert nomask["closed_loop_sampled"]["mistakes"]["rm_test"]["committed"] >= 5
