@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from experiment import evaluate as ev
 from experiment import generate as gen
 from experiment import stages
-from experiment.env import TOOLS, make_tasks
+from experiment.env import TOOLS, Task, make_tasks
 from experiment.pretrain import pretrain
 from experiment.student import student_tokenizer
 from pipeline.config import load_config
@@ -124,6 +124,12 @@ def training_pool(cfg: ExperimentConfig, seed: int) -> list[gen.Run]:
     return gen.generate(make_tasks(1000 + seed, cfg.train_runs, f"train{seed}", cfg.weak_tests), gen.Mix(**cfg.mix), seed)
 
 
+def probe_tasks(cfg: ExperimentConfig, seed: int) -> list[Task]:
+    """The seed's held-out tasks of the decision-point probes (one place, so every unit and the
+    base row probe the same tasks, weak-tested alike)."""
+    return make_tasks(5000 + seed, cfg.eval_tasks, f"eval{seed}", cfg.weak_tests)
+
+
 def pool_rows(runs: list[gen.Run], tool_schemas: bool) -> list[dict]:
     """The runs as ingest input rows, with the tool schemas (`tools`) or without (None)."""
     return [{**r.row, "tools": TOOLS if tool_schemas else None} for r in runs]
@@ -173,7 +179,7 @@ def train_and_eval(cfg: ExperimentConfig, seed: int, name: str, recipe: str, lab
     trained = stages.train(root / "train_rows", student, root / "train", steps, cfg.lr, seed, cfg.seq_len, cfg.workers,
                            cfg.micro_batch_size, cfg.train_threads)
     t2 = time.time()
-    tasks = make_tasks(5000 + seed, cfg.eval_tasks, f"eval{seed}", cfg.weak_tests)
+    tasks = probe_tasks(cfg, seed)
     s = ev.Student.load(trained["export"], train_rows=str(root / "train_rows"))
     audit = audit_rows(root / "train_rows", s.tokenizer)
     result = {
@@ -222,7 +228,7 @@ def evaluate_base(cfg: ExperimentConfig, seed: int, student_dir: Path) -> dict:
                    AutoTokenizer.from_pretrained(student_dir), TOOLS if cfg.tool_schemas else None)
     result = {"seed": seed, "name": BASE, "recipe": BASE, "threshold": None, "train_rows": 0, "steps": 0,
               "trained_tokens": 0, "build_trained_tokens": 0, "build_masked_tokens": 0,
-              "decision_points": ev.decision_points(s, make_tasks(5000 + seed, cfg.eval_tasks, f"eval{seed}", cfg.weak_tests)),
+              "decision_points": ev.decision_points(s, probe_tasks(cfg, seed)),
               **closed_loops(cfg, seed, s)}
     result["seconds"] = {"build": 0.0, "train": 0.0, "eval": round(time.time() - t0, 1)}
     done.parent.mkdir(parents=True, exist_ok=True)
