@@ -127,7 +127,10 @@ class Lock:
                        f"pid {held.get('pid')}, started {age:.0f}s ago)")
                 tail = f" (its lock, {LOCK}, is freed the moment that process ends)"
         else:
-            who, tail = "another run", ""
+            # Taken this instant, its record not yet written (or damaged): still say how it is freed.
+            who = "another run"
+            tail = (f"; if that run is dead, its lock expires within {lock_ttl_s():.0f}s" if self.s3
+                    else f" (its lock, {LOCK}, is freed the moment that process ends)")
         return LockHeld(f"output {self.root} is being written by {who}. Wait for it to finish{tail}.")
 
     def _say_taken_over(self, held: dict, why: str) -> None:

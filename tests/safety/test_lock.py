@@ -5,6 +5,7 @@ same stale lock only one takes it."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -204,3 +205,18 @@ def test_simultaneous_breakers_of_a_stale_lock_one_wins(root):
     bad = {trial: ws for trial, ws in winners.items() if len(ws) != 1 or not ws[0][2]}
     assert not bad, f"{len(bad)} of {trials} trials had not exactly one winner named by the lock: {bad}"
     assert not fsys.exists(fsys.join(out, LOCK))  # the last winner released it
+
+
+def test_a_lock_taken_this_instant_is_refused_with_its_file_named(tmp_path):
+    """CI stop 30: a second run that looks between the first run's flock and its record's write
+    reads an empty lock file. It is still refused, and the message still names the lock and how it
+    is freed."""
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    fd = os.open(os.path.join(out, LOCK), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, nothing written yet
+        with pytest.raises(LockHeld, match=rf"being written by another run\. Wait .*its lock, {LOCK}, is freed"):
+            Lock(out, "hold", "r1").acquire()
+    finally:
+        os.close(fd)
