@@ -147,10 +147,11 @@ def test_second_run_into_an_output_in_use_is_refused(ray_session, qwen_tokenizer
         worker = threading.Thread(target=lambda: first.update(run_direct(label.STAGE, cfg())))
         worker.start()
         deadline = time.monotonic() + 120
-        while not Path(out, "_lock.json").exists():
+        lock = Path(out, "_lock.json")
+        while not (lock.exists() and lock.stat().st_size > 0):  # taken and its record written
             assert worker.is_alive() and time.monotonic() < deadline, "the first run never took the lock"
             time.sleep(0.05)
-        with pytest.raises(UserError, match="in use|lock|running"):
+        with pytest.raises(UserError, match=r"being written by run .* of stage label .*_lock\.json"):
             run_direct(label.STAGE, cfg())
         worker.join(timeout=300)
         assert first["trajectories_labelled"] == 4
