@@ -7,6 +7,7 @@ whole trajectories per row, so the driver can write shards without ever splittin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pyarrow as pa
@@ -72,11 +73,9 @@ def engine_dead(backend, exc: BaseException) -> bool:
     name, so that this module does not import vLLM) or a message naming a dead engine core."""
     check = getattr(backend, "is_dead", None)
     if callable(check):
-        try:
+        with contextlib.suppress(Exception):  # a broken hook is not a verdict
             if check(exc):
                 return True
-        except Exception:  # noqa: BLE001 - a broken hook is not a verdict
-            pass
     if any(t.__name__ in DEAD_ENGINE_ERRORS for t in type(exc).__mro__):
         return True
     text = str(exc).lower()
@@ -140,10 +139,8 @@ class CriticActor:
         backend, self.backend = self.backend, None
         shutdown = getattr(backend, "shutdown", None)
         if callable(shutdown):
-            try:
+            with contextlib.suppress(Exception):  # it is dead already
                 shutdown()
-            except Exception:  # noqa: BLE001 - it is dead already
-                pass
         del backend
         import gc
 

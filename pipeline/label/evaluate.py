@@ -90,8 +90,8 @@ def evaluate(pred: dict, ref: dict, min_confidence: float = 0.0) -> dict:
 
 
 def format_report(m: dict) -> str:
-    lines = [f"mistake-F1 {m['mistake_f1']:.3f}  (paper's critic: 0.737)   accuracy {m['accuracy']}  "
-             f"macro-F1 {m['macro_f1']}  steps {m['reference_steps']} in {m['reference_trajectories']} trajectories"]
+    lines = [(f"mistake-F1 {m['mistake_f1']:.3f}  (paper's critic: 0.737)   accuracy {m['accuracy']}  "
+              f"macro-F1 {m['macro_f1']}  steps {m['reference_steps']} in {m['reference_trajectories']} trajectories")]
     lines.append(f"{'label':<12}{'P':>8}{'R':>8}{'F1':>8}{'support':>9}")
     for lab, v in m["per_label"].items():
         lines.append(f"{lab:<12}{v['precision']:>8.3f}{v['recall']:>8.3f}{v['f1']:>8.3f}{v['support']:>9}")

@@ -95,7 +95,7 @@ def label_batch(rows: list[dict], builder: PromptBuilder, backend, c: CriticConf
             states.append(_State(tid, p, _seed(tid, c.seed)))
         except PromptTooLong as e:
             states.append(_error(tid, "prompt_too_long", str(e)))
-        except Exception as e:  # a malformed row must not kill the batch
+        except Exception as e:  # noqa: BLE001 - a malformed row must not kill the batch
             states.append(_error(tid, "bad_trajectory", f"{type(e).__name__}: {e}"))
 
     live = [s for s in states if isinstance(s, _State)]

@@ -77,7 +77,7 @@ def decoder_layers(lm: nn.Module) -> nn.ModuleList:
     decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"{type(lm).__name__}: cannot find the decoder layers (expected <decoder>.layers)")
+        raise TypeError(f"{type(lm).__name__}: cannot find the decoder layers (expected <decoder>.layers)")
     return layers
 
 
