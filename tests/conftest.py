@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import socket
@@ -46,7 +47,7 @@ def start_moto_server() -> tuple[subprocess.Popen, str]:
         try:
             urllib.request.urlopen(endpoint, timeout=1)
             return proc, endpoint
-        except Exception:
+        except (OSError, http.client.HTTPException):  # refused, reset or half up: not up yet
             if time.time() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise RuntimeError("moto_server did not start") from None

@@ -18,7 +18,7 @@ COMMANDS = ("ingest", "label", "build", "train", "report", "pipeline", "eval_cri
 
 def _run(*args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **(env or {})}, check=False)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

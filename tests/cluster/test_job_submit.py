@@ -176,7 +176,7 @@ def _assert_no_secret_kept(cluster, secrets: dict[str, str], outputs: list[str],
     records = _ray(cluster, "job", "list", "--address", cluster.dashboard_url)
     assert records.returncode == 0 and records.stdout.count("raysubmit_") >= jobs, records.stdout[-2000:]
     kept = {"job records": records.stdout}
-    for job_id in sorted(set(word.strip("',") for word in records.stdout.split() if word.strip("',").startswith("raysubmit_"))):
+    for job_id in sorted({word.strip("',") for word in records.stdout.split() if word.strip("',").startswith("raysubmit_")}):
         kept[f"log of {job_id}"] = _ray(cluster, "job", "logs", "--address", cluster.dashboard_url, job_id).stdout
     for output in outputs:
         kept[f"{output}/_manifest.json"] = io.read_bytes(f"{output}/_manifest.json").decode()

@@ -18,11 +18,11 @@ from tests.label.helpers import trajectory, write_trajectories
 
 
 def tiny_critic(model, **kw) -> CriticConfig:
-    base = dict(
-        model=str(model), max_model_len=2048, dtype="float32", enforce_eager=True, num_samples=1,
-        reason_max_chars=12, output_tokens_per_step=32, batch_size=2, num_cpus_per_actor=0.5,
-        env={"VLLM_CPU_KVCACHE_SPACE": "1"}, pool=PoolConfig(min=1, max=1), max_retries=1,
-    )
+    base = {
+        "model": str(model), "max_model_len": 2048, "dtype": "float32", "enforce_eager": True, "num_samples": 1,
+        "reason_max_chars": 12, "output_tokens_per_step": 32, "batch_size": 2, "num_cpus_per_actor": 0.5,
+        "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}, "pool": PoolConfig(min=1, max=1), "max_retries": 1,
+    }
     base.update(kw)
     return CriticConfig(**base)
 

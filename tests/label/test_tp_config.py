@@ -94,7 +94,7 @@ def test_refusal_is_one_line_and_exit_2(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "jobs.label", "input=/tmp/t", f"output={tmp_path / 'l'}",
          f"critic.model={_model(tmp_path, 9)}", "critic.tensor_parallel_size=2"],
-        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "SRFT_DEBUG": ""},
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "SRFT_DEBUG": ""}, check=False,
     )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "critic.tensor_parallel_size=2 does not divide the 9 attention heads" in r.stderr
@@ -122,7 +122,8 @@ def test_actors_of_a_node_bind_disjoint_cores(tmp_path, monkeypatch):
     # A claim held by a process that then dies: the kernel drops its locks.
     child = ("import sys; from pipeline.label import cpu_bind; cpu_bind.LOCK_DIR = sys.argv[1]; "
              "print(cpu_bind.claim(2, 2, [0, 1, 2, 3]))")
-    r = subprocess.run([sys.executable, "-c", child, str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", child, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                       check=False)
     assert r.stdout.strip() == "0,1|2,3", r.stderr
     assert cpu_bind.claim(2, 2, cores) == "0,1|2,3"
     cpu_bind.release()

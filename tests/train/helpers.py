@@ -6,6 +6,7 @@ import os
 import socket
 import tempfile
 import traceback
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -109,6 +110,6 @@ def spawn(fn, world: int, *args) -> None:
     errfile = tempfile.mktemp(prefix="srft-spawn-")
     try:
         mp.spawn(_worker, args=(world, _free_port(), fn, args, errfile), nprocs=world, join=True)
-    except Exception as e:
-        msgs = [open(f"{errfile}.{r}").read() for r in range(world) if os.path.exists(f"{errfile}.{r}")]
+    except Exception as e:  # noqa: BLE001 - any rank's failure: report the ranks' own tracebacks instead
+        msgs = [Path(f"{errfile}.{r}").read_text() for r in range(world) if os.path.exists(f"{errfile}.{r}")]
         raise RuntimeError("\n".join(msgs) or str(e)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -64,7 +65,7 @@ def _reference(model_path, rows: dict):
         ids = torch.tensor(rows["input_ids"][i])
         mask = torch.tensor(rows["loss_mask"][i])
         cu = rows["cu_seqlens"][i]
-        for a, b in zip(cu[:-1], cu[1:]):
+        for a, b in itertools.pairwise(cu):
             logits = lm(ids[a:b][None]).logits[0, :-1]
             target = ids[a + 1:b]
             keep = mask[a + 1:b] == 1
@@ -151,7 +152,7 @@ def test_packed_row_logits_equal_each_document_alone(small_qwen2_path):
         with torch.no_grad():
             packed = packed_logits(model.lm, mb)[0]
             cu = mb.cu_seqlens.tolist()
-            alone = torch.cat([ref(mb.input_ids[:, a:b]).logits[0] for a, b in zip(cu[:-1], cu[1:])])
+            alone = torch.cat([ref(mb.input_ids[:, a:b]).logits[0] for a, b in itertools.pairwise(cu)])
             unmasked = ref(mb.input_ids).logits[0]
         torch.testing.assert_close(packed, alone, rtol=1e-4, atol=1e-4)
         assert not torch.allclose(unmasked, alone, atol=1e-3)  # the isolation is doing something

@@ -4,6 +4,7 @@ validation, MFU peaks, and the run identity."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
 
@@ -34,7 +35,7 @@ def test_collated_position_ids_restart_at_every_document():
     mb = _micro_batch(rows, [0, 1])
     cu = mb.cu_seqlens.tolist()
     assert len(cu) == 7  # 6 documents
-    expected = torch.cat([torch.arange(b - a) for a, b in zip(cu[:-1], cu[1:])])
+    expected = torch.cat([torch.arange(b - a) for a, b in itertools.pairwise(cu)])
     assert mb.position_ids[0].tolist() == expected.tolist()
 
 
@@ -53,7 +54,7 @@ def test_packed_forward_with_absolute_positions_equals_each_document_alone():
     cu = mb.cu_seqlens.tolist()
     with torch.no_grad():
         packed = packed_logits(lm, mb)[0]
-        alone = torch.cat([lm(mb.input_ids[:, a:b]).logits[0] for a, b in zip(cu[:-1], cu[1:])])
+        alone = torch.cat([lm(mb.input_ids[:, a:b]).logits[0] for a, b in itertools.pairwise(cu)])
         shifted = packed_logits(lm, dataclasses.replace(mb, position_ids=torch.arange(cu[-1])[None]))[0]
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(shifted, alone, atol=1e-3)  # the model does see positions
