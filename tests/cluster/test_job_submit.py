@@ -26,7 +26,6 @@ import pytest
 from tests.conftest import REPO, SAMPLE, start_moto_server
 
 RAY = str(Path(sys.executable).parent / "ray")
-TOKENIZER = REPO / ".cache" / "models" / "qwen2.5-tokenizer"
 
 
 @pytest.fixture
@@ -130,7 +129,8 @@ def _summary(job: subprocess.CompletedProcess) -> dict:
 
 
 @pytest.mark.slow
-def test_ingest_and_label_as_ray_jobs_on_s3_keep_the_credentials_out(cluster, s3, critic, secrets):
+def test_ingest_and_label_as_ray_jobs_on_s3_keep_the_credentials_out(cluster, s3, critic, secrets,
+                                                                     qwen_tokenizer_path):
     from pipeline import io
     from pipeline.schema import STEP_LABEL, TRAJECTORY
 
@@ -138,7 +138,7 @@ def test_ingest_and_label_as_ray_jobs_on_s3_keep_the_credentials_out(cluster, s3
     ingest = _submit(cluster, "python", "-m", "jobs.ingest", f"input={s3}/raw/sample/trajectories",
                      f"resolution={s3}/raw/sample/reports", f"output={out}/trajectories")
     label_args = ["python", "-m", "jobs.label", f"input={out}/trajectories", f"output={out}/labels",
-                  "critic.backend=openai", "critic.model=fake-critic", f"critic.tokenizer={TOKENIZER}",
+                  "critic.backend=openai", "critic.model=fake-critic", f"critic.tokenizer={qwen_tokenizer_path}",
                   f"critic.openai.base_url={critic.url}", "critic.num_samples=3"]
     # Everything runs on the head: on this one-machine cluster a launched node would set the job's
     # working_dir up again in the head's session dir, under the running job (head_only.yaml says why).

@@ -70,9 +70,10 @@ def test_finetune_smollm2_few_steps(ray_session, smollm2_path, tmp_path):
                     "train.epochs=3", "train.micro_batch_size=2", "train.lr=1e-4", "train.warmup_steps=0",
                     "train.seq_len=2048", "train.checkpoint_every_steps=0", "train.export_dtype=bfloat16"])
     assert summary["steps"] == 3
-    losses = [json.loads(x)["loss"] for x in Path(f"{output}/metrics.jsonl").read_text().splitlines()]
+    # The committed version's own paths, as the summary names them (<output>/_v-train-<run>/...).
+    losses = [json.loads(x)["loss"] for x in Path(summary["metrics"]).read_text().splitlines()]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-    lm = AutoModelForCausalLM.from_pretrained(f"{output}/hf")
+    lm = AutoModelForCausalLM.from_pretrained(summary["export"])
     assert lm.dtype == torch.bfloat16
     with torch.no_grad():
         assert torch.isfinite(lm(torch.tensor([[1, 2, 3]])).logits.float()).all()
