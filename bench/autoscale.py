@@ -71,8 +71,6 @@ def measure(cluster, work: Path, trajectories: int = 30, delay_s: float = 2.0, p
             scale_down_timeout_s: float = 120.0, run_timeout_s: float = 600.0) -> dict:
     """Run the label stage on `cluster` (a cluster.local.autoscaling_cluster.LocalCluster) and
     return the timeline and its numbers. Seconds are from the label command's start."""
-    import ray
-
     from pipeline import io
     from pipeline.models import qwen_tokenizer
     from pipeline.record import read_commit
@@ -85,31 +83,30 @@ def measure(cluster, work: Path, trajectories: int = 30, delay_s: float = 2.0, p
     tokenizer = str(qwen_tokenizer(work / "tokenizer"))
     inp = write_trajectories([trajectory(f"good.{i}", 2) for i in range(trajectories)], str(work / "trajectories"))
     out = str(work / "labels")
-    cluster.connect(logging_level="ERROR", log_to_driver=False)
     env = {**os.environ, **cluster.env(), KEY_ENV: key}
     timeline: list[dict] = []
     try:
-        t0 = time.monotonic()
-        with open(work / "label.log", "w") as log:
-            proc = subprocess.Popen(label_command(inp, out, critic.url, tokenizer, pool_max), cwd=REPO, env=env,
-                                    stdout=log, stderr=subprocess.STDOUT)
-        end = None
-        while True:
-            sample = {"t": round(time.monotonic() - t0, 2), **_sample(out)}
-            timeline.append(sample)
-            if end is None and proc.poll() is not None:
-                end = sample["t"]
-            if end is not None and (sample["critic_nodes"] == 0 or sample["t"] - end > scale_down_timeout_s):
-                break
-            if end is None and sample["t"] > run_timeout_s:
-                proc.kill()
-                proc.wait()
-                raise RuntimeError(f"the label run took over {run_timeout_s} s; log: {work / 'label.log'}")
-            time.sleep(0.5)
-        summary = read_commit(out).manifest.get("summary", {}) if proc.returncode == 0 else {}
-        labelled = io.read_table(out, STEP_LABEL) if proc.returncode == 0 else None
+        with cluster.connected(logging_level="ERROR", log_to_driver=False):
+            t0 = time.monotonic()
+            with open(work / "label.log", "w") as log:
+                proc = subprocess.Popen(label_command(inp, out, critic.url, tokenizer, pool_max), cwd=REPO, env=env,
+                                        stdout=log, stderr=subprocess.STDOUT)
+            end = None
+            while True:
+                sample = {"t": round(time.monotonic() - t0, 2), **_sample(out)}
+                timeline.append(sample)
+                if end is None and proc.poll() is not None:
+                    end = sample["t"]
+                if end is not None and (sample["critic_nodes"] == 0 or sample["t"] - end > scale_down_timeout_s):
+                    break
+                if end is None and sample["t"] > run_timeout_s:
+                    proc.kill()
+                    proc.wait()
+                    raise RuntimeError(f"the label run took over {run_timeout_s} s; log: {work / 'label.log'}")
+                time.sleep(0.5)
+            summary = read_commit(out).manifest.get("summary", {}) if proc.returncode == 0 else {}
+            labelled = io.read_table(out, STEP_LABEL) if proc.returncode == 0 else None
     finally:
-        ray.shutdown()
         critic.stop()
 
     def first(pred) -> float | None:

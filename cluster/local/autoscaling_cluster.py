@@ -21,6 +21,7 @@ signals only the processes whose command line names that temp dir.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -56,16 +57,34 @@ class LocalCluster:
     def stop(self, keep_dir: bool = False) -> list[int]:
         return stop(self.dir, keep_dir=keep_dir)
 
-    def connect(self, **init_kwargs) -> None:
-        """`ray.init` this process to the cluster, also when Ray was imported before the token
-        settings were in the environment (Ray caches its config and the token at first use)."""
+    @contextlib.contextmanager
+    def connected(self, **init_kwargs):
+        """`ray.init` this process to the cluster for the block, also when Ray was imported before
+        the token settings were in the environment (Ray caches its config and the token at first
+        use). On the way out: `ray.shutdown()`, and this process's environment and Ray's caches as
+        they were. Left set, the token path outlives the cluster's dir, and the next Ray this
+        process starts dies at once on the missing token file."""
         import ray
         from ray._raylet import AuthenticationTokenLoader, Config
 
+        def settle() -> None:
+            Config.initialize("")  # re-reads RAY_AUTH_MODE, as Ray's own _enable_token_auth does
+            AuthenticationTokenLoader.instance().reset_cache()
+
+        saved = {k: os.environ.get(k) for k in self.env()}
         os.environ.update(self.env())
-        Config.initialize("")  # re-reads RAY_AUTH_MODE, as Ray's own _enable_token_auth does
-        AuthenticationTokenLoader.instance().reset_cache()
-        ray.init(address=self.gcs_address, **init_kwargs)
+        settle()
+        try:
+            ray.init(address=self.gcs_address, **init_kwargs)
+            yield
+        finally:
+            ray.shutdown()
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            settle()
 
 
 def _free_ports(n: int) -> list[int]:
@@ -201,8 +220,7 @@ def status(cluster: LocalCluster) -> dict:
     """Alive nodes by type and the cluster's resources, from the GCS (a short-lived driver)."""
     import ray
 
-    cluster.connect(logging_level="ERROR", log_to_driver=False)
-    try:
+    with cluster.connected(logging_level="ERROR", log_to_driver=False):
         nodes = [n for n in ray.nodes() if n["Alive"]]
         return {
             "gcs_address": cluster.gcs_address,
@@ -212,8 +230,6 @@ def status(cluster: LocalCluster) -> dict:
                        "CPU": n["Resources"].get("CPU", 0), "GPU": n["Resources"].get("GPU", 0)} for n in nodes],
             "resources": ray.cluster_resources(),
         }
-    finally:
-        ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -192,13 +192,10 @@ def _critic_nodes(cluster, stop: threading.Event, seen: list[int]) -> None:
     """Poll the cluster's alive critic nodes (those advertising a GPU) until `stop`."""
     import ray
 
-    cluster.connect(logging_level="ERROR", log_to_driver=False)
-    try:
+    with cluster.connected(logging_level="ERROR", log_to_driver=False):
         while not stop.is_set():
             seen.append(sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU", 0) > 0))
             stop.wait(1.0)
-    finally:
-        ray.shutdown()
 
 
 @pytest.mark.slow
