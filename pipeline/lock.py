@@ -118,19 +118,14 @@ class Lock:
         if held:
             age = time.time() - float(held.get("heartbeat_at", time.time()))
             left = float(held.get("expires_at", time.time())) - time.time()
-            if self.s3:
-                who = (f"run {held.get('run_id')} of stage {held.get('stage')} (host {held.get('host')}, "
-                       f"pid {held.get('pid')}, last heartbeat {age:.0f}s ago)")
-                tail = f"; if that run is dead, its lock expires in {max(0, left):.0f}s"
-            else:
-                who = (f"run {held.get('run_id')} of stage {held.get('stage')} (host {held.get('host')}, "
-                       f"pid {held.get('pid')}, started {age:.0f}s ago)")
-                tail = f" (its lock, {LOCK}, is freed the moment that process ends)"
-        else:
-            # Taken this instant, its record not yet written (or damaged): still say how it is freed.
-            who = "another run"
-            tail = (f"; if that run is dead, its lock expires within {lock_ttl_s():.0f}s" if self.s3
-                    else f" (its lock, {LOCK}, is freed the moment that process ends)")
+            since = "last heartbeat" if self.s3 else "started"
+            who = (f"run {held.get('run_id')} of stage {held.get('stage')} (host {held.get('host')}, "
+                   f"pid {held.get('pid')}, {since} {age:.0f}s ago)")
+            expires = f"in {max(0, left):.0f}s"
+        else:  # taken this instant, its record not yet written (or damaged): still say how it is freed
+            who, expires = "another run", f"within {lock_ttl_s():.0f}s"
+        tail = (f"; if that run is dead, its lock expires {expires}" if self.s3
+                else f" (its lock, {LOCK}, is freed the moment that process ends)")
         return LockHeld(f"output {self.root} is being written by {who}. Wait for it to finish{tail}.")
 
     def _say_taken_over(self, held: dict, why: str) -> None:

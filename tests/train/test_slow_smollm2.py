@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from pipeline import fsys, io
 from pipeline.schema import TRAINING_ROW
 from tests.train.helpers import write_rows
 
@@ -70,10 +70,9 @@ def test_finetune_smollm2_few_steps(ray_session, smollm2_path, tmp_path):
                     "train.epochs=3", "train.micro_batch_size=2", "train.lr=1e-4", "train.warmup_steps=0",
                     "train.seq_len=2048", "train.checkpoint_every_steps=0", "train.export_dtype=bfloat16"])
     assert summary["steps"] == 3
-    # The committed version's own paths, as the summary names them (<output>/_v-train-<run>/...).
-    losses = [json.loads(x)["loss"] for x in Path(summary["metrics"]).read_text().splitlines()]
+    losses = [json.loads(x)["loss"] for x in io.read_bytes(fsys.join(output, "metrics.jsonl")).decode().splitlines()]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-    lm = AutoModelForCausalLM.from_pretrained(summary["export"])
+    lm = AutoModelForCausalLM.from_pretrained(summary["export"])  # in the committed version: <output>/_v-train-<run>/hf
     assert lm.dtype == torch.bfloat16
     with torch.no_grad():
         assert torch.isfinite(lm(torch.tensor([[1, 2, 3]])).logits.float()).all()
